@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs what cprvm's build, tests and benchmarks need from Debian, only when
+# something is missing. Run by the Makefile; safe to run by hand.
+set -e
+need=""
+have_hdr() { [ -e "/usr/include/$1" ]; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+have_hdr jansson.h || need="$need libjansson-dev"
+have_hdr cmocka.h || need="$need libcmocka-dev"
+/usr/bin/python3 -c 'import pytest' 2>/dev/null || need="$need python3-pytest"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+command -v clang >/dev/null 2>&1 || need="$need clang"
+have_pkg libclang-rt-14-dev || need="$need libclang-rt-14-dev"
+command -v gcc >/dev/null 2>&1 || need="$need gcc"
+
+if [ -n "$need" ]; then
+	echo "setup: installing from Debian:$need"
+	if [ "$(id -u)" != 0 ]; then
+		echo "setup: need root to install:$need" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends $need >/dev/null
+fi
+exit 0

@@ -1,0 +1,45 @@
+/* chardev.h — host side of a serial port: stdio, none, file, pty, unix socket.
+ *
+ * Owns: the backend fds, an output buffer, the connection state of unix/pty
+ * clients. Lossless in both directions: output that cannot be written yet is
+ * buffered, and when the buffer is full chardev_write() accepts less, so the
+ * UART reports its transmitter busy (back-pressure to the guest); input is
+ * read only when the device has room (chardev_set_input()), the rest waits in
+ * the kernel. Output with no client connected (unix, pty) is dropped, as on a
+ * real unplugged line.
+ * Threading: chardev_write/read/set_input from vCPU threads (under the
+ * device's lock); connection handling on the main loop. The device's callbacks
+ * are called without the chardev's lock held. */
+#ifndef CPRVM_CHARDEV_H
+#define CPRVM_CHARDEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "lib/loop.h"
+#include "vm/config.h"
+
+#define CHARDEV_OUTBUF_MAX (64 * 1024)
+
+struct chardev;
+
+struct chardev_client_ops {
+	void (*readable)(void *opaque); /* input is waiting: call chardev_read */
+	void (*writable)(void *opaque); /* output room freed: retry pending output */
+};
+
+int chardev_open(struct chardev **out, const struct chardev_spec *spec, struct loop *loop,
+		 char *err, size_t errlen);
+void chardev_close(struct chardev *c);
+void chardev_set_client(struct chardev *c, const struct chardev_client_ops *ops, void *opaque);
+/* Returns how many bytes were accepted (0 when the output buffer is full). */
+size_t chardev_write(struct chardev *c, const void *buf, size_t len);
+/* Non-blocking: returns bytes read, 0 if nothing is waiting. */
+size_t chardev_read(struct chardev *c, void *buf, size_t len);
+/* Whether to watch for input (device has room). */
+void chardev_set_input(struct chardev *c, bool on);
+/* Human-readable description ("unix:/path", "pty:/dev/pts/3"). */
+const char *chardev_describe(struct chardev *c);
+
+#endif

@@ -1,0 +1,841 @@
+/* qmp.c — the generic QMP server (see qmp.h): socket, framing, dispatch,
+ * replies and events. No VM knowledge lives here.
+ *
+ * Framing: clients send JSON objects, usually one per line, but a value may be
+ * split across reads and several may share one read. A small scanner, aware of
+ * strings and escapes, tracks the nesting depth of {} and [] and hands each
+ * complete top-level value to jansson, which does the real parsing. The
+ * scanner also notices input that can never become valid JSON (a byte that no
+ * JSON token contains, a raw control character or 0xff inside a string) and
+ * answers it at once; it then discards input up to the next newline, so a
+ * client can always recover by sending "\xff\n" (0xff never occurs in UTF-8).
+ * Input that grows past QMP_MAX_INPUT without completing is refused the same
+ * way.
+ *
+ * Output: every message goes into the client's buffer and is written without
+ * blocking; EPOLLOUT is watched only while something is pending. A client
+ * whose buffer outgrows QMP_MAX_OUTPUT is dropped rather than let it stall the
+ * main loop or eat memory.
+ *
+ * Lifetime: clients that fail are marked dead and unwatched at once, and freed
+ * by qmp_reap() only when s->busy is zero, i.e. when no client callback,
+ * handler or event delivery is on the stack (a handler such as "stop" emits an
+ * event that may kill another client, or the very one being served). */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "qmp/qmp.h"
+
+#define QMP_READ_CHUNK (64u << 10)
+/* How long qmp_server_free() waits for slow clients to take their output. */
+#define QMP_FREE_FLUSH_MS 500
+
+struct qmp_cmd {
+	const char *name;
+	qmp_cmd_fn fn;
+	void *opaque;
+};
+
+struct qmp_client {
+	struct qmp_server *s;
+	struct qmp_client *next;
+	int fd;
+	uint32_t events; /* what the loop watches for us */
+	bool negotiated;
+	bool dead;
+	bool eof; /* peer shut down its side: write what is pending, then close */
+
+	/* Input: in[0, in_len); bytes before scan have been scanned; a partial
+	 * value starts at start (0 between calls to client_scan). */
+	char *in;
+	size_t in_len, in_cap, scan, start;
+	int depth;
+	bool in_str, esc, skipping;
+
+	/* Output: out[out_off, out_len) is unsent. */
+	char *out;
+	size_t out_off, out_len, out_cap;
+};
+
+struct qmp_server {
+	struct loop *loop;
+	int fd;
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	struct qmp_cmd *cmds;
+	int nr_cmds;
+	struct qmp_client *clients;
+	int nr_clients;
+	int busy;
+};
+
+struct qmp_req {
+	struct qmp_server *s;
+	struct qmp_client *c;
+	bool failed;
+	char cls[32];
+	char desc[512];
+	qmp_after_fn after;
+	void *after_opaque;
+};
+
+/* ---- clients: lifetime and output ------------------------------------- */
+
+static void client_kill(struct qmp_client *c)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	loop_del_fd(c->s->loop, c->fd);
+}
+
+static void client_free(struct qmp_client *c)
+{
+	if (!c->dead)
+		loop_del_fd(c->s->loop, c->fd);
+	close(c->fd);
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void qmp_reap(struct qmp_server *s)
+{
+	struct qmp_client **pp = &s->clients;
+
+	if (s->busy)
+		return;
+	while (*pp) {
+		struct qmp_client *c = *pp;
+		if (c->dead) {
+			*pp = c->next;
+			s->nr_clients--;
+			client_free(c);
+		} else {
+			pp = &c->next;
+		}
+	}
+}
+
+/* Watch for input unless the peer is gone, for output while some is pending. */
+static void client_update_events(struct qmp_client *c)
+{
+	uint32_t ev = 0;
+
+	if (c->dead)
+		return;
+	if (!c->eof)
+		ev |= EPOLLIN;
+	if (c->out_off < c->out_len)
+		ev |= EPOLLOUT;
+	if (!ev) {
+		client_kill(c); /* eof and everything written */
+		return;
+	}
+	if (ev != c->events) {
+		if (loop_mod_fd(c->s->loop, c->fd, ev) < 0) {
+			client_kill(c);
+			return;
+		}
+		c->events = ev;
+	}
+}
+
+static void client_write(struct qmp_client *c)
+{
+	while (!c->dead && c->out_off < c->out_len) {
+		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			client_kill(c); /* EPIPE, ECONNRESET: the client left */
+			return;
+		}
+		c->out_off += n;
+	}
+	if (c->out_off == c->out_len)
+		c->out_off = c->out_len = 0;
+	client_update_events(c);
+}
+
+/* Queues text plus QEMU's "\r\n" and tries to send it right away. */
+static void client_send_text(struct qmp_client *c, const char *text)
+{
+	size_t n = strlen(text) + 2;
+	size_t pending;
+
+	if (c->dead)
+		return;
+	pending = c->out_len - c->out_off;
+	if (pending + n > QMP_MAX_OUTPUT) {
+		pr_warn("QMP client not reading its replies (%zu bytes pending), dropping it",
+			pending);
+		client_kill(c);
+		return;
+	}
+	if (c->out_off && c->out_len + n > c->out_cap) {
+		memmove(c->out, c->out + c->out_off, pending);
+		c->out_off = 0;
+		c->out_len = pending;
+	}
+	if (c->out_len + n > c->out_cap) {
+		size_t cap = c->out_cap ? c->out_cap : 4096;
+		char *p;
+		while (cap < c->out_len + n)
+			cap *= 2;
+		p = realloc(c->out, cap);
+		if (!p) {
+			client_kill(c);
+			return;
+		}
+		c->out = p;
+		c->out_cap = cap;
+	}
+	memcpy(c->out + c->out_len, text, n - 2);
+	memcpy(c->out + c->out_len + n - 2, "\r\n", 2);
+	c->out_len += n;
+	client_write(c);
+}
+
+/* Sends msg and drops the caller's reference to it. */
+static void client_send(struct qmp_client *c, json_t *msg)
+{
+	char *text = msg ? json_dumps(msg, 0) : NULL;
+
+	json_decref(msg);
+	if (!text) {
+		client_kill(c);
+		return;
+	}
+	client_send_text(c, text);
+	free(text);
+}
+
+static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls,
+			       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls,
+			       const char *fmt, ...)
+{
+	char desc[512];
+	va_list ap;
+	json_t *msg;
+
+	va_start(ap, fmt);
+	vsnprintf(desc, sizeof(desc), fmt, ap);
+	va_end(ap);
+	msg = json_pack("{s:{s:s,s:s}}", "error", "class", cls, "desc", desc);
+	if (msg && id)
+		json_object_set(msg, "id", id);
+	client_send(c, msg);
+}
+
+/* ---- requests --------------------------------------------------------- */
+
+json_t *qmp_version_json(void)
+{
+	return json_pack("{s:{s:i,s:i,s:i},s:s}", "qemu", "micro", CPRVM_VERSION_MICRO, "minor",
+			 CPRVM_VERSION_MINOR, "major", CPRVM_VERSION_MAJOR, "package", "cprvm");
+}
+
+void qmp_req_error(struct qmp_req *req, const char *cls, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (req->failed)
+		return; /* the first error is the one that explains */
+	req->failed = true;
+	snprintf(req->cls, sizeof(req->cls), "%s", cls);
+	va_start(ap, fmt);
+	vsnprintf(req->desc, sizeof(req->desc), fmt, ap);
+	va_end(ap);
+}
+
+void qmp_req_after_reply(struct qmp_req *req, qmp_after_fn fn, void *opaque)
+{
+	req->after = fn;
+	req->after_opaque = opaque;
+}
+
+bool qmp_args_check(struct qmp_req *req, json_t *args, const char *const *allowed)
+{
+	const char *key;
+	json_t *v;
+
+	if (!args)
+		return true;
+	json_object_foreach(args, key, v) {
+		bool ok = false;
+		for (const char *const *a = allowed; a && *a; a++)
+			if (!strcmp(*a, key))
+				ok = true;
+		if (!ok) {
+			qmp_req_error(req, QMP_ERR_GENERIC, "Parameter '%s' is unexpected", key);
+			return false;
+		}
+	}
+	return true;
+}
+
+static struct qmp_cmd *qmp_find(struct qmp_server *s, const char *name)
+{
+	for (int i = 0; i < s->nr_cmds; i++)
+		if (!strcmp(s->cmds[i].name, name))
+			return &s->cmds[i];
+	return NULL;
+}
+
+int qmp_register(struct qmp_server *s, const char *name, qmp_cmd_fn fn, void *opaque)
+{
+	struct qmp_cmd *p;
+
+	if (qmp_find(s, name))
+		return -EEXIST;
+	p = realloc(s->cmds, (s->nr_cmds + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	s->cmds = p;
+	s->cmds[s->nr_cmds++] = (struct qmp_cmd){ .name = name, .fn = fn, .opaque = opaque };
+	return 0;
+}
+
+/* Built in: negotiation is per client, which only the server knows. */
+static json_t *qmp_cmd_capabilities(struct qmp_req *req, json_t *args, void *opaque)
+{
+	static const char *const allowed[] = { "enable", NULL };
+	json_t *enable = args ? json_object_get(args, "enable") : NULL;
+	size_t i;
+	json_t *v;
+
+	(void)opaque;
+	if (req->c->negotiated) {
+		qmp_req_error(req, QMP_ERR_NOT_FOUND,
+			      "Capabilities negotiation is already complete, command ignored");
+		return NULL;
+	}
+	if (!qmp_args_check(req, args, allowed))
+		return NULL;
+	if (enable && !json_is_array(enable)) {
+		qmp_req_error(req, QMP_ERR_GENERIC,
+			      "Invalid parameter type for 'enable', expected: array");
+		return NULL;
+	}
+	json_array_foreach(enable, i, v) {
+		/* cprvm offers no optional capability (QEMU's "oob" included). */
+		qmp_req_error(req, QMP_ERR_GENERIC, "Capability '%s' not available",
+			      json_is_string(v) ? json_string_value(v) : "?");
+		return NULL;
+	}
+	req->c->negotiated = true;
+	return NULL;
+}
+
+static json_t *qmp_cmd_query_commands(struct qmp_req *req, json_t *args, void *opaque)
+{
+	json_t *list;
+
+	(void)opaque;
+	if (!qmp_args_check(req, args, NULL))
+		return NULL;
+	list = json_array();
+	for (int i = 0; list && i < req->s->nr_cmds; i++)
+		json_array_append_new(list, json_pack("{s:s}", "name", req->s->cmds[i].name));
+	return list;
+}
+
+/* One complete top-level value, as the scanner delimited it. */
+static void client_dispatch(struct qmp_client *c, const char *buf, size_t len)
+{
+	struct qmp_server *s = c->s;
+	struct qmp_req req = { .s = s, .c = c };
+	json_t *msg, *id, *exec, *args, *ret, *reply;
+	json_error_t jerr;
+	struct qmp_cmd *cmd;
+	const char *name;
+
+	msg = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!msg) {
+		client_reply_error(c, NULL, QMP_ERR_GENERIC, "JSON parse error, %s", jerr.text);
+		return;
+	}
+	if (!json_is_object(msg)) {
+		client_reply_error(c, NULL, QMP_ERR_GENERIC, "QMP input must be a JSON object");
+		goto out;
+	}
+	id = json_object_get(msg, "id");
+	exec = json_object_get(msg, "execute");
+	args = json_object_get(msg, "arguments");
+	if (!exec) {
+		client_reply_error(c, id, QMP_ERR_GENERIC, "QMP input lacks member 'execute'");
+		goto out;
+	}
+	if (!json_is_string(exec)) {
+		client_reply_error(c, id, QMP_ERR_GENERIC,
+				   "QMP input member 'execute' must be a string");
+		goto out;
+	}
+	if (args && !json_is_object(args)) {
+		client_reply_error(c, id, QMP_ERR_GENERIC,
+				   "QMP input member 'arguments' must be an object");
+		goto out;
+	}
+	name = json_string_value(exec);
+	if (!c->negotiated && strcmp(name, "qmp_capabilities")) {
+		client_reply_error(c, id, QMP_ERR_NOT_FOUND,
+				   "Expecting capabilities negotiation with 'qmp_capabilities'");
+		goto out;
+	}
+	cmd = qmp_find(s, name);
+	if (!cmd) {
+		client_reply_error(c, id, QMP_ERR_NOT_FOUND, "The command %s has not been found",
+				   name);
+		goto out;
+	}
+	ret = cmd->fn(&req, args, cmd->opaque);
+	if (req.failed) {
+		json_decref(ret);
+		client_reply_error(c, id, req.cls, "%s", req.desc);
+	} else {
+		reply = json_object();
+		if (reply) {
+			json_object_set_new(reply, "return", ret ? ret : json_object());
+			if (id)
+				json_object_set(reply, "id", id);
+		} else {
+			json_decref(ret);
+		}
+		client_send(c, reply);
+	}
+	if (req.after)
+		req.after(s, req.after_opaque);
+out:
+	json_decref(msg);
+}
+
+/* ---- input framing ---------------------------------------------------- */
+
+static bool is_ws(unsigned char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+/* Bytes that may appear in JSON outside strings (numbers, true/false/null). */
+static bool is_token_char(unsigned char ch)
+{
+	return is_ws(ch) || (ch >= '0' && ch <= '9') || (ch && strchr(",:-+.eEtrufalsn", ch));
+}
+
+/* Answers input that cannot become JSON, forgets the partial value and, unless
+ * the offending byte was the newline itself, discards up to the next one. */
+static void client_framing_error(struct qmp_client *c, size_t i, const char *what)
+{
+	bool newline = c->in[i] == '\n';
+
+	client_reply_error(c, NULL, QMP_ERR_GENERIC, "JSON parse error, %s", what);
+	c->depth = 0;
+	c->in_str = c->esc = false;
+	c->skipping = !newline;
+	c->start = i + 1;
+}
+
+static void client_scan(struct qmp_client *c)
+{
+	size_t i;
+
+	for (i = c->scan; i < c->in_len && !c->dead; i++) {
+		unsigned char ch = c->in[i];
+
+		if (c->skipping) {
+			c->skipping = ch != '\n';
+			c->start = i + 1;
+		} else if (c->depth == 0) {
+			if (ch == '{' || ch == '[') {
+				c->depth = 1;
+				c->start = i;
+			} else if (is_ws(ch)) {
+				c->start = i + 1;
+			} else {
+				client_framing_error(c, i, "expecting a JSON object");
+			}
+		} else if (c->in_str) {
+			if (ch < 0x20 || ch == 0xff)
+				client_framing_error(c, i, "invalid byte in a string");
+			else if (c->esc)
+				c->esc = false;
+			else if (ch == '\\')
+				c->esc = true;
+			else if (ch == '"')
+				c->in_str = false;
+		} else if (ch == '"') {
+			c->in_str = true;
+		} else if (ch == '{' || ch == '[') {
+			c->depth++;
+		} else if (ch == '}' || ch == ']') {
+			if (--c->depth == 0) {
+				client_dispatch(c, c->in + c->start, i + 1 - c->start);
+				c->start = i + 1;
+			}
+		} else if (!is_token_char(ch)) {
+			client_framing_error(c, i, "invalid character");
+		}
+	}
+	c->scan = i;
+	if (c->dead)
+		return;
+	if (c->start) {
+		memmove(c->in, c->in + c->start, c->in_len - c->start);
+		c->in_len -= c->start;
+		c->scan -= c->start;
+		c->start = 0;
+	}
+	if (c->in_len > QMP_MAX_INPUT) {
+		client_reply_error(c, NULL, QMP_ERR_GENERIC,
+				   "QMP input exceeds %u bytes without completing a JSON value; "
+				   "discarding it up to the next newline",
+				   QMP_MAX_INPUT);
+		c->depth = 0;
+		c->in_str = c->esc = false;
+		c->skipping = true;
+		c->in_len = c->scan = 0;
+	}
+}
+
+static void client_read(struct qmp_client *c)
+{
+	ssize_t n;
+
+	if (!c->in_len && c->in_cap > 4 * QMP_READ_CHUNK) {
+		free(c->in); /* a large request is over: give its memory back */
+		c->in = NULL;
+		c->in_cap = 0;
+	}
+	if (c->in_cap - c->in_len < QMP_READ_CHUNK) {
+		/* in_len <= QMP_MAX_INPUT here, so the buffer stays bounded. */
+		size_t cap = c->in_cap * 2;
+		char *p;
+
+		if (cap < c->in_len + QMP_READ_CHUNK)
+			cap = c->in_len + QMP_READ_CHUNK;
+		if (cap > QMP_MAX_INPUT + QMP_READ_CHUNK)
+			cap = QMP_MAX_INPUT + QMP_READ_CHUNK;
+		p = realloc(c->in, cap);
+		if (!p) {
+			client_kill(c);
+			return;
+		}
+		c->in = p;
+		c->in_cap = cap;
+	}
+	n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			client_kill(c);
+		return;
+	}
+	if (n == 0) {
+		/* A partial request dies with the connection; replies already
+		 * queued still go out if the peer only shut down its side. */
+		c->eof = true;
+		client_update_events(c);
+		return;
+	}
+	c->in_len += n;
+	client_scan(c);
+}
+
+static void client_io(int fd, uint32_t events, void *opaque)
+{
+	struct qmp_client *c = opaque;
+	struct qmp_server *s = c->s;
+
+	(void)fd;
+	s->busy++;
+	if (events & EPOLLOUT)
+		client_write(c);
+	if (!c->dead && !c->eof && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+		client_read(c);
+	/* Gone both ways (or broken): nothing more can be read or written. */
+	if (!c->dead && c->eof && (events & (EPOLLHUP | EPOLLERR)))
+		client_kill(c);
+	s->busy--;
+	qmp_reap(s);
+}
+
+/* ---- the listening socket --------------------------------------------- */
+
+static void qmp_greet(struct qmp_client *c)
+{
+	json_t *msg = json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version_json(),
+				"capabilities");
+
+	client_send(c, msg);
+}
+
+static void qmp_accept(int fd, uint32_t events, void *opaque)
+{
+	struct qmp_server *s = opaque;
+	struct qmp_client *c;
+	int cfd;
+
+	(void)events;
+	cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (cfd < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+		    errno != ECONNABORTED)
+			pr_warn("QMP accept on %s: %s", s->path, strerror(errno));
+		return;
+	}
+	if (s->nr_clients >= QMP_MAX_CLIENTS) {
+		pr_warn("QMP: too many clients (%d), refusing one", s->nr_clients);
+		close(cfd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(cfd);
+		return;
+	}
+	c->s = s;
+	c->fd = cfd;
+	c->events = EPOLLIN;
+	if (loop_add_fd(s->loop, cfd, EPOLLIN, client_io, c) < 0) {
+		close(cfd);
+		free(c);
+		return;
+	}
+	c->next = s->clients;
+	s->clients = c;
+	s->nr_clients++;
+	s->busy++;
+	qmp_greet(c);
+	s->busy--;
+	qmp_reap(s);
+}
+
+/* Makes way for the socket: nothing there, or a stale socket that nobody
+ * listens on any more (a cprvm that crashed). */
+static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *err,
+			  size_t errlen)
+{
+	struct stat st;
+	int fd, r, e;
+
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		e = errno;
+		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "cannot create QMP socket %s: the path exists and is not a socket",
+			 path);
+		return -EEXIST;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	e = errno;
+	close(fd);
+	if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
+		snprintf(err, errlen, "QMP socket %s is in use by another process", path);
+		return -EADDRINUSE;
+	}
+	if (e != ECONNREFUSED) {
+		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (unlink(path) < 0 && errno != ENOENT) {
+		e = errno;
+		snprintf(err, errlen, "cannot replace stale QMP socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop, char *err,
+		   size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct qmp_server *s;
+	struct stat st;
+	mode_t old;
+	int ret, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "QMP socket path too long (at most %zu bytes): %s",
+			 sizeof(sa.sun_path) - 1, path);
+		return -ENAMETOOLONG;
+	}
+	if (!*path) {
+		snprintf(err, errlen, "QMP socket path is empty");
+		return -EINVAL;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->path = strdup(path))) {
+		free(s);
+		snprintf(err, errlen, "cannot create QMP socket %s: out of memory", path);
+		return -ENOMEM;
+	}
+	s->loop = loop;
+	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(-ret));
+		goto out_free;
+	}
+	ret = qmp_clear_path(path, &sa, err, errlen);
+	if (ret)
+		goto out_close;
+	/* The socket file is born 0600: no window in which others may connect.
+	 * umask is per process, but nothing else creates files while we are
+	 * being set up on the main thread. */
+	old = umask(0177);
+	r = bind(s->fd, (struct sockaddr *)&sa, sizeof(sa));
+	ret = -errno;
+	umask(old);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(-ret));
+		goto out_close;
+	}
+	if (stat(path, &st) == 0) {
+		s->dev = st.st_dev;
+		s->ino = st.st_ino;
+	}
+	if (listen(s->fd, 16) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot listen on QMP socket %s: %s", path, strerror(-ret));
+		goto out_unlink;
+	}
+	ret = qmp_register(s, "qmp_capabilities", qmp_cmd_capabilities, NULL);
+	if (!ret)
+		ret = qmp_register(s, "query-commands", qmp_cmd_query_commands, NULL);
+	if (!ret)
+		ret = loop_add_fd(loop, s->fd, EPOLLIN, qmp_accept, s);
+	if (ret) {
+		snprintf(err, errlen, "cannot set up QMP socket %s: %s", path, strerror(-ret));
+		goto out_unlink;
+	}
+	*out = s;
+	return 0;
+out_unlink:
+	unlink(path);
+out_close:
+	close(s->fd);
+out_free:
+	free(s->cmds);
+	free(s->path);
+	free(s);
+	return ret;
+}
+
+int qmp_server_flush(struct qmp_server *s, int timeout_ms)
+{
+	struct timespec t0, t;
+	int ret = 0;
+
+	if (!s)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	s->busy++;
+	for (;;) {
+		struct pollfd pfd[QMP_MAX_CLIENTS];
+		int n = 0;
+		long left;
+
+		for (struct qmp_client *c = s->clients; c; c = c->next) {
+			client_write(c);
+			if (!c->dead && c->out_len && n < QMP_MAX_CLIENTS)
+				pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+		}
+		if (!n)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 +
+				     (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (left <= 0) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		if (poll(pfd, n, (int)left) < 0 && errno != EINTR) {
+			ret = -errno;
+			break;
+		}
+	}
+	s->busy--;
+	qmp_reap(s);
+	return ret;
+}
+
+void qmp_server_free(struct qmp_server *s)
+{
+	struct stat st;
+
+	if (!s)
+		return;
+	qmp_server_flush(s, QMP_FREE_FLUSH_MS);
+	while (s->clients) {
+		struct qmp_client *c = s->clients;
+		s->clients = c->next;
+		client_free(c);
+	}
+	loop_del_fd(s->loop, s->fd);
+	close(s->fd);
+	/* Only our own socket: another cprvm may have replaced it since. */
+	if (lstat(s->path, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
+		unlink(s->path);
+	free(s->cmds);
+	free(s->path);
+	free(s);
+}
+
+/* ---- events ----------------------------------------------------------- */
+
+void qmp_event(struct qmp_server *s, const char *name, json_t *data)
+{
+	struct timespec ts;
+	json_t *msg;
+	char *text;
+
+	if (!s)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	msg = json_pack("{s:s}", "event", name);
+	if (!msg)
+		return;
+	if (data)
+		json_object_set(msg, "data", data);
+	json_object_set_new(msg, "timestamp",
+			    json_pack("{s:I,s:I}", "seconds", (json_int_t)ts.tv_sec,
+				      "microseconds", (json_int_t)(ts.tv_nsec / 1000)));
+	text = json_dumps(msg, 0);
+	json_decref(msg);
+	if (!text)
+		return;
+	s->busy++;
+	for (struct qmp_client *c = s->clients; c; c = c->next)
+		if (c->negotiated)
+			client_send_text(c, text);
+	s->busy--;
+	free(text);
+	qmp_reap(s);
+}

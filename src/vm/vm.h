@@ -1,0 +1,51 @@
+/* vm.h — struct vm: one guest, its lifecycle and run state.
+ *
+ * Owns: the KVM VM fd, guest memory, the vCPU threads and the device table.
+ * Run states use QEMU's names so QMP clients see what they expect.
+ * Threading: vm_* calls are made from the main thread (QMP, loop callbacks);
+ * vCPU threads report to the main thread through loop_call(). */
+#ifndef CPRVM_VM_H
+#define CPRVM_VM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "lib/loop.h"
+#include "vm/config.h"
+
+enum vm_run_state {
+	RUN_STATE_PRELAUNCH,
+	RUN_STATE_RUNNING,
+	RUN_STATE_PAUSED,
+	RUN_STATE_SHUTDOWN,
+	RUN_STATE_INTERNAL_ERROR,
+	RUN_STATE_INMIGRATE,
+	RUN_STATE_POSTMIGRATE,
+};
+
+struct vm;
+
+/* Event sink (QMP). data_json is a JSON object text or NULL for no data. */
+typedef void (*vm_event_fn)(void *opaque, const char *event, const char *data_json);
+
+/* Builds the VM (memory, irqchip, vCPUs, devices, boot image) without running
+ * it. On failure returns -errno, writes a one-line reason to err, and leaves
+ * nothing behind (a --mem-path file it created is removed). */
+int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
+	      size_t errlen);
+/* Starts the vCPU threads; the guest runs. */
+int vm_start(struct vm *vm);
+/* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */
+int vm_pause(struct vm *vm);
+/* Lets them run again. Emits RESUME. */
+int vm_resume(struct vm *vm);
+enum vm_run_state vm_get_run_state(struct vm *vm);
+const char *vm_run_state_name(enum vm_run_state s);
+/* Asks the main loop to end: the process exits with status after teardown.
+ * reason is QEMU's SHUTDOWN reason ("host-qmp-quit", "guest-shutdown", ...). */
+void vm_quit(struct vm *vm, int status, const char *reason, bool guest);
+void vm_set_event_sink(struct vm *vm, vm_event_fn fn, void *opaque);
+/* Stops vCPU threads, frees everything. Guest RAM in a --mem-path file stays. */
+void vm_destroy(struct vm *vm);
+
+#endif

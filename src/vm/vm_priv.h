@@ -1,0 +1,76 @@
+/* vm_priv.h — struct vm and struct vcpu, shared by vm/, vcpu/ and the device
+ * table. Not for QMP or tools: they use vm.h. */
+#ifndef CPRVM_VM_PRIV_H
+#define CPRVM_VM_PRIV_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dev/chardev.h"
+#include "dev/serial.h"
+#include "lib/loop.h"
+#include "mem/mem.h"
+#include "vm/vm.h"
+
+struct vcpu {
+	struct vm *vm;
+	int id;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	bool thread_started;
+	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
+	bool exited; /* thread returned (guarded by vm->lock) */
+};
+
+struct vm {
+	struct vm_config cfg;
+	struct loop *loop;
+	int kvm_fd, vm_fd;
+	struct guest_mem mem;
+	struct kvm_cpuid2 *cpuid; /* what KVM supports, before per-vCPU edits */
+	int nr_vcpus;
+	struct vcpu *vcpus;
+	uint32_t entry;
+	uint32_t tsc_khz;
+
+	struct chardev *serial_chr;
+	struct serial *serial;
+
+	/* vCPU run control. pause_req/stop_req are read by vCPU threads
+	 * without the lock between KVM_RUNs (atomics), changed under it. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool pause_req;
+	bool stop_req;
+	int nr_parked;
+
+	enum vm_run_state state;
+	bool guest_event_posted; /* shutdown or crash already reported */
+	vm_event_fn event_fn;
+	void *event_opaque;
+};
+
+/* Port I/O from a vCPU thread: data holds count elements of size bytes. */
+void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
+	    unsigned count);
+/* From a vCPU thread: the guest asked for power-off / crashed. */
+void vm_guest_shutdown(struct vm *vm);
+void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why);
+
+int vcpu_init(struct vcpu *v, struct vm *vm, int id);
+int vcpu_start(struct vcpu *v);
+void vcpu_kick(struct vcpu *v);
+void vcpu_destroy(struct vcpu *v);
+/* Writes a one-line register dump for error reports. */
+void vcpu_describe(struct vcpu *v, char *buf, size_t len);
+
+int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out);
+int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *supported, int nr_cpus,
+		     uint32_t tsc_khz);
+int x86_setup_boot_vcpu(struct vcpu *v, uint32_t entry, uint32_t start_info);
+
+#endif

@@ -1,0 +1,18 @@
+/* acpi.h — the ACPI tables a PVH guest finds through rsdp_paddr: RSDP, XSDT,
+ * FADT (with the PM1 blocks at CPRVM_PM_BASE, see dev/pm.h), an empty DSDT
+ * and a MADT listing one local APIC per vCPU and the IOAPIC. They live in
+ * reserved memory at ACPI_BASE_GPA. */
+#ifndef CPRVM_ACPI_H
+#define CPRVM_ACPI_H
+
+#include <stdint.h>
+
+#include "mem/mem.h"
+
+#define ACPI_BASE_GPA 0xe0000
+#define ACPI_AREA_SIZE 0x10000
+
+/* Returns the RSDP's guest-physical address, or 0 on failure. */
+uint64_t acpi_build(struct guest_mem *m, int nr_cpus);
+
+#endif

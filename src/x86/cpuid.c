@@ -1,0 +1,84 @@
+/* cpuid.c — the guest's CPUID: what KVM supports (KVM_GET_SUPPORTED_CPUID),
+ * with the topology fields set per vCPU, and the hypervisor timing leaf
+ * 0x40000010 (EAX = TSC kHz, EBX = APIC bus kHz) so guests need not
+ * calibrate the TSC against the PIT. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "vm/vm_priv.h"
+
+#define CPUID_MAX_ENTRIES 256
+
+int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out)
+{
+	int n = 64;
+
+	for (;;) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+		if (!c)
+			return -ENOMEM;
+		c->nent = n;
+		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			*out = c;
+			return 0;
+		}
+		free(c);
+		if (errno != E2BIG || n >= CPUID_MAX_ENTRIES)
+			return -errno;
+		n *= 2;
+	}
+}
+
+int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *sup, int nr_cpus,
+		     uint32_t tsc_khz)
+{
+	struct kvm_cpuid2 *c;
+	bool have_timing = false;
+	int ret = 0;
+
+	c = calloc(1, sizeof(*c) + (sup->nent + 1) * sizeof(c->entries[0]));
+	if (!c)
+		return -ENOMEM;
+	memcpy(c->entries, sup->entries, sup->nent * sizeof(c->entries[0]));
+	c->nent = sup->nent;
+	for (unsigned i = 0; i < c->nent; i++) {
+		struct kvm_cpuid_entry2 *e = &c->entries[i];
+
+		switch (e->function) {
+		case 1:
+			/* Initial APIC ID, logical processor count, HTT. */
+			e->ebx = (e->ebx & 0x0000ffff) | ((uint32_t)v->id << 24) |
+				 ((uint32_t)(nr_cpus > 255 ? 255 : nr_cpus) << 16);
+			if (nr_cpus > 1)
+				e->edx |= 1u << 28;
+			e->ecx |= 1u << 31; /* running on a hypervisor */
+			break;
+		case 0xb:
+		case 0x1f:
+			e->edx = v->id; /* x2APIC ID */
+			break;
+		case 0x40000000:
+			if (e->eax < 0x40000010)
+				e->eax = 0x40000010;
+			break;
+		case 0x40000010:
+			have_timing = true;
+			e->eax = tsc_khz;
+			e->ebx = 1000000;
+			break;
+		}
+	}
+	if (!have_timing && tsc_khz) {
+		struct kvm_cpuid_entry2 *e = &c->entries[c->nent++];
+		memset(e, 0, sizeof(*e));
+		e->function = 0x40000010;
+		e->eax = tsc_khz;
+		e->ebx = 1000000;
+	}
+	if (ioctl(v->fd, KVM_SET_CPUID2, c) < 0)
+		ret = -errno;
+	free(c);
+	return ret;
+}

@@ -1,0 +1,315 @@
+"""Helpers for cprvm's system tests: start real VMs, read their serial
+console, talk QMP. Every test runs the real binary on /dev/kvm."""
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("CPRVM_BUILD", "build"))
+CPRVM = os.path.join(BUILD, "cprvm")
+CPRCTL = os.path.join(BUILD, "cprctl")
+GUEST = os.path.join(BUILD, "guest", "guest.elf")
+
+
+def wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.01)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+class LineReader:
+    """Collects lines (with arrival times) from a file object or socket in a
+    background thread."""
+
+    def __init__(self, read_fn, close_fn=None):
+        self.lines = []  # (monotonic time, text)
+        self.raw = bytearray()
+        self.cond = threading.Condition()
+        self.eof = False
+        self._read = read_fn
+        self._close = close_fn
+        self._buf = b""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                data = self._read(65536)
+            except OSError:
+                data = b""
+            now = time.monotonic()
+            with self.cond:
+                if not data:
+                    self.eof = True
+                    self.cond.notify_all()
+                    return
+                self.raw += data
+                self._buf += data
+                while b"\n" in self._buf:
+                    line, self._buf = self._buf.split(b"\n", 1)
+                    self.lines.append((now, line.decode("latin-1").rstrip("\r")))
+                self.cond.notify_all()
+
+    def wait(self, regex, timeout=10.0, start=0):
+        """Waits for a line matching regex at index >= start; returns
+        (index, match)."""
+        rx = re.compile(regex)
+        end = time.monotonic() + timeout
+        with self.cond:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i][1])
+                    if m:
+                        return i, m
+                    i += 1
+                left = end - time.monotonic()
+                if left <= 0 or self.eof:
+                    tail = "\n".join(l for _, l in self.lines[-10:])
+                    raise AssertionError("no line matching %r within %.1fs; last lines:\n%s"
+                                         % (regex, timeout, tail))
+                self.cond.wait(left)
+
+    def matching(self, regex):
+        rx = re.compile(regex)
+        with self.cond:
+            return [(t, rx.search(l)) for t, l in self.lines if rx.search(l)]
+
+    def count(self):
+        with self.cond:
+            return len(self.lines)
+
+    def close(self):
+        if self._close:
+            self._close()
+
+
+class Qmp:
+    """A minimal QMP client: greeting, negotiation, commands, events."""
+
+    def __init__(self, path, timeout=10.0, negotiate=True):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rb")
+        self.events = []
+        self.greeting = self._read()
+        if negotiate:
+            r = self.cmd("qmp_capabilities")
+            assert r == {"return": {}}, r
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise EOFError("QMP connection closed")
+        return json.loads(line)
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def reply(self):
+        """Next reply (not event)."""
+        while True:
+            msg = self._read()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            return msg
+
+    def cmd(self, name, **args):
+        req = {"execute": name}
+        if args:
+            req["arguments"] = args
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        return self.reply()
+
+    def ok(self, name, **args):
+        r = self.cmd(name, **args)
+        assert "return" in r, r
+        return r["return"]
+
+    def wait_event(self, name, timeout=10.0):
+        for i, e in enumerate(self.events):
+            if e["event"] == name:
+                return self.events.pop(i)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                msg = self._read()
+            except socket.timeout:
+                break
+            if "event" in msg:
+                if msg["event"] == name:
+                    return msg
+                self.events.append(msg)
+        raise AssertionError("no %s event within %.1fs" % (name, timeout))
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect_unix(path, timeout=10.0):
+    def attempt():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            return None
+    return wait_for(attempt, timeout, "unix socket %s" % path)
+
+
+class Vm:
+    """One cprvm process. serial: 'unix' (default), 'stdio', 'file', 'pty',
+    'none'."""
+
+    def __init__(self, tmp, cmdline="heartbeat", memory="256M", cpus=1, serial="unix",
+                 mem_path=None, qmp=True, extra=(), kernel=None, binary=None, connect=True):
+        self.tmp = str(tmp)
+        self.serial_kind = serial
+        self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
+        self.serial_path = None
+        args = [binary or CPRVM, "--kernel", kernel or GUEST, "--memory", memory,
+                "--cpus", str(cpus), "--cmdline", cmdline]
+        if serial == "unix":
+            self.serial_path = os.path.join(self.tmp, "serial.sock")
+            args += ["--serial", "unix:" + self.serial_path]
+        elif serial == "file":
+            self.serial_path = os.path.join(self.tmp, "serial.txt")
+            args += ["--serial", "file:" + self.serial_path]
+        else:
+            args += ["--serial", serial]
+        if mem_path:
+            args += ["--mem-path", mem_path]
+        if self.qmp_path:
+            args += ["--qmp", self.qmp_path]
+        args += list(extra)
+        self.args = args
+        self.stderr_path = os.path.join(self.tmp, "stderr.txt")
+        self.stderr_f = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE if serial == "stdio" else subprocess.DEVNULL,
+                                     stderr=self.stderr_f)
+        self.serial = None
+        self.serial_sock = None
+        self.pty_fd = None
+        self._qmps = []
+        if serial == "stdio":
+            out = self.proc.stdout
+            self.serial = LineReader(lambda n: os.read(out.fileno(), n))
+        elif serial == "unix" and connect:
+            self.connect_serial()
+        elif serial == "file":
+            wait_for(lambda: os.path.exists(self.serial_path), 10, "serial file")
+            f = open(self.serial_path, "rb")
+
+            def read_file(n, f=f):
+                while True:
+                    d = f.read(n)
+                    if d:
+                        return d
+                    if self.proc.poll() is not None:
+                        return f.read(n)
+                    time.sleep(0.005)
+            self.serial = LineReader(read_file)
+        elif serial == "pty":
+            path = wait_for(self._pty_path, 10, "pty path on stderr")
+            import tty
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+            tty.setraw(fd)
+            self.pty_fd = fd
+            self.serial = LineReader(lambda n: os.read(fd, n))
+
+    def _pty_path(self):
+        with open(self.stderr_path, "rb") as f:
+            m = re.search(rb"char device redirected to (/dev/pts/\d+)", f.read())
+        return m.group(1).decode() if m else None
+
+    def connect_serial(self):
+        s = connect_unix(self.serial_path)
+        self.serial_sock = s
+        self.serial = LineReader(s.recv)
+        return s
+
+    def qmp(self, **kw):
+        wait_for(lambda: os.path.exists(self.qmp_path) or self.proc.poll() is not None,
+                 10, "QMP socket")
+        q = Qmp(self.qmp_path, **kw)
+        self._qmps.append(q)
+        return q
+
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_exit(self, timeout=20):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("cprvm did not exit within %ds" % timeout)
+
+    def quit(self):
+        q = self.qmp()
+        q.cmd("quit")
+        return self.wait_exit()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for q in self._qmps:
+            q.close()
+        if self.serial_sock:
+            self.serial_sock.close()
+        if self.pty_fd is not None:
+            os.close(self.pty_fd)
+            self.pty_fd = None
+        self.stderr_f.close()
+
+
+@pytest.fixture
+def vms(tmp_path):
+    """Factory: vms(cmdline=..., ...) starts a VM; all are killed at the end."""
+    started = []
+    n = [0]
+
+    def make(**kw):
+        n[0] += 1
+        d = tmp_path / ("vm%d" % n[0])
+        d.mkdir()
+        vm = Vm(d, **kw)
+        started.append(vm)
+        return vm
+    yield make
+    for vm in started:
+        vm.kill()
+
+
+def heartbeats(reader):
+    """[(time, seq)] of the HB lines seen so far."""
+    return [(t, int(m.group(1))) for t, m in reader.matching(r"^HB (\d+)$")]
+
+
+def assert_hb_continuous(hbs):
+    """No gap, no repeat: consecutive sequence numbers."""
+    assert len(hbs) > 1, "no heartbeats"
+    seqs = [s for _, s in hbs]
+    for a, b in zip(seqs, seqs[1:]):
+        assert b == a + 1, "heartbeat sequence broken: %d then %d" % (a, b)
