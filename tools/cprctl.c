@@ -114,14 +114,14 @@ static int build_raw(int argc, char **argv, const char **execute, json_t **args)
 }
 
 static const struct ctl_cmd ctl_cmds[] = {
-	{ "status", "", "print the run state (running, paused, shutdown, ...)", "query-status",
-	  0, 0, NULL, print_status },
-	{ "stop", "", "pause the guest's vCPUs", "stop", 0, 0, NULL, NULL },
-	{ "cont", "", "resume the guest's vCPUs", "cont", 0, 0, NULL, NULL },
-	{ "quit", "", "end cprvm (the guest is gone)", "quit", 0, 0, NULL, NULL },
-	{ "version", "", "print cprvm's version", "query-version", 0, 0, NULL, print_version },
-	{ "raw", " EXECUTE [ARGUMENTS-JSON]", "run any QMP command, print its return as JSON",
-	  NULL, 1, 2, build_raw, print_json },
+    {"status", "", "print the run state (running, paused, shutdown, ...)", "query-status", 0, 0,
+     NULL, print_status},
+    {"stop", "", "pause the guest's vCPUs", "stop", 0, 0, NULL, NULL},
+    {"cont", "", "resume the guest's vCPUs", "cont", 0, 0, NULL, NULL},
+    {"quit", "", "end cprvm (the guest is gone)", "quit", 0, 0, NULL, NULL},
+    {"version", "", "print cprvm's version", "query-version", 0, 0, NULL, print_version},
+    {"raw", " EXECUTE [ARGUMENTS-JSON]", "run any QMP command, print its return as JSON", NULL, 1,
+     2, build_raw, print_json},
 };
 
 static const struct ctl_cmd *ctl_find(const char *name)
@@ -160,7 +160,7 @@ static void usage(FILE *f)
 
 static void ctl_connect(struct ctl *c)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
 	if (strlen(c->path) >= sizeof(sa.sun_path))
 		ctl_die(EXIT_CONNECT, "cannot connect to %s: %s", c->path, strerror(ENAMETOOLONG));
@@ -184,7 +184,8 @@ static void ctl_send(struct ctl *c, json_t *msg)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			ctl_die(EXIT_CONNECT, "lost connection to %s: %s", c->path, strerror(errno));
+			ctl_die(EXIT_CONNECT, "lost connection to %s: %s", c->path,
+				strerror(errno));
 		off += n;
 	}
 	free(text);
@@ -205,7 +206,7 @@ static json_t *ctl_recv(struct ctl *c)
 
 	for (;;) {
 		char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
-		struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+		struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
 		json_error_t jerr;
 		ssize_t n;
 		int wait;
@@ -214,7 +215,8 @@ static json_t *ctl_recv(struct ctl *c)
 			size_t l = nl - c->buf + 1;
 			json_t *m = json_loadb(c->buf, l, 0, &jerr);
 			if (!m)
-				ctl_die(EXIT_CONNECT, "bad message from %s: %s", c->path, jerr.text);
+				ctl_die(EXIT_CONNECT, "bad message from %s: %s", c->path,
+					jerr.text);
 			memmove(c->buf, c->buf + l, c->len - l);
 			c->len -= l;
 			return m;
@@ -239,7 +241,8 @@ static json_t *ctl_recv(struct ctl *c)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			ctl_die(EXIT_CONNECT, "lost connection to %s: %s", c->path, strerror(errno));
+			ctl_die(EXIT_CONNECT, "lost connection to %s: %s", c->path,
+				strerror(errno));
 		if (n == 0)
 			ctl_die(EXIT_CONNECT, "%s closed the connection", c->path);
 		c->len += n;
@@ -283,13 +286,13 @@ static json_t *ctl_execute(struct ctl *c, const char *execute, json_t *args, con
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "qmp", required_argument, NULL, 'q' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"qmp", required_argument, NULL, 'q'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	struct ctl c = { .fd = -1, .timeout_ms = 60000 };
+	struct ctl c = {.fd = -1, .timeout_ms = 60000};
 	const struct ctl_cmd *cmd;
 	const char *execute;
 	json_t *greeting, *args = NULL, *ret;
@@ -307,8 +310,8 @@ int main(int argc, char **argv)
 			char *end;
 			long sec = strtol(optarg, &end, 10);
 			if (*end || end == optarg || sec < 0 || sec > 86400)
-				ctl_die(EXIT_USAGE, "--timeout: expected seconds (0-86400), got '%s'",
-					optarg);
+				ctl_die(EXIT_USAGE,
+					"--timeout: expected seconds (0-86400), got '%s'", optarg);
 			c.timeout_ms = sec ? (int)sec * 1000 : -1;
 			break;
 		}

@@ -227,8 +227,6 @@ static void loop_run_calls(struct loop *l)
 
 int loop_run(struct loop *l)
 {
-	struct epoll_event evs[16];
-
 	for (;;) {
 		bool quit;
 		int n;
@@ -238,20 +236,9 @@ int loop_run(struct loop *l)
 		pthread_mutex_unlock(&l->lock);
 		if (quit)
 			return l->status;
-		n = epoll_wait(l->epfd, evs, (int)(sizeof(evs) / sizeof(evs[0])), -1);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		for (int i = 0; i < n; i++) {
-			struct watch *w = evs[i].data.ptr;
-			if (!w)
-				loop_run_calls(l);
-			else if (!w->dead)
-				w->fn(w->fd, evs[i].events, w->opaque);
-		}
-		loop_reap(l);
+		n = loop_run_once(l, -1);
+		if (n < 0)
+			return n;
 	}
 }
 

@@ -67,8 +67,7 @@ static json_t *qmp_cmd_cont(struct qmp_req *req, json_t *args, void *opaque)
 	}
 	ret = vm_resume(vm);
 	if (ret < 0)
-		qmp_req_error(req, QMP_ERR_GENERIC, "Could not resume the VM: %s",
-			      strerror(-ret));
+		qmp_req_error(req, QMP_ERR_GENERIC, "Could not resume the VM: %s", strerror(-ret));
 	return NULL;
 }
 
@@ -119,11 +118,11 @@ int qmp_commands_register(struct qmp_server *s, struct vm *vm)
 		const char *name;
 		qmp_cmd_fn fn;
 	} cmds[] = {
-		{ "query-status", qmp_cmd_query_status },
-		{ "stop", qmp_cmd_stop },
-		{ "cont", qmp_cmd_cont },
-		{ "quit", qmp_cmd_quit },
-		{ "query-version", qmp_cmd_query_version },
+	    {"query-status", qmp_cmd_query_status},
+	    {"stop", qmp_cmd_stop},
+	    {"cont", qmp_cmd_cont},
+	    {"quit", qmp_cmd_quit},
+	    {"query-version", qmp_cmd_query_version},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cmds); i++) {

@@ -225,11 +225,11 @@ static void client_send(struct qmp_client *c, json_t *msg)
 	free(text);
 }
 
-static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls,
-			       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt,
+			       ...) __attribute__((format(printf, 4, 5)));
 
-static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls,
-			       const char *fmt, ...)
+static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt,
+			       ...)
 {
 	char desc[512];
 	va_list ap;
@@ -278,7 +278,8 @@ bool qmp_args_check(struct qmp_req *req, json_t *args, const char *const *allowe
 
 	if (!args)
 		return true;
-	json_object_foreach(args, key, v) {
+	json_object_foreach(args, key, v)
+	{
 		bool ok = false;
 		for (const char *const *a = allowed; a && *a; a++)
 			if (!strcmp(*a, key))
@@ -309,14 +310,14 @@ int qmp_register(struct qmp_server *s, const char *name, qmp_cmd_fn fn, void *op
 	if (!p)
 		return -ENOMEM;
 	s->cmds = p;
-	s->cmds[s->nr_cmds++] = (struct qmp_cmd){ .name = name, .fn = fn, .opaque = opaque };
+	s->cmds[s->nr_cmds++] = (struct qmp_cmd){.name = name, .fn = fn, .opaque = opaque};
 	return 0;
 }
 
 /* Built in: negotiation is per client, which only the server knows. */
 static json_t *qmp_cmd_capabilities(struct qmp_req *req, json_t *args, void *opaque)
 {
-	static const char *const allowed[] = { "enable", NULL };
+	static const char *const allowed[] = {"enable", NULL};
 	json_t *enable = args ? json_object_get(args, "enable") : NULL;
 	size_t i;
 	json_t *v;
@@ -334,7 +335,8 @@ static json_t *qmp_cmd_capabilities(struct qmp_req *req, json_t *args, void *opa
 			      "Invalid parameter type for 'enable', expected: array");
 		return NULL;
 	}
-	json_array_foreach(enable, i, v) {
+	json_array_foreach(enable, i, v)
+	{
 		/* cprvm offers no optional capability (QEMU's "oob" included). */
 		qmp_req_error(req, QMP_ERR_GENERIC, "Capability '%s' not available",
 			      json_is_string(v) ? json_string_value(v) : "?");
@@ -361,7 +363,7 @@ static json_t *qmp_cmd_query_commands(struct qmp_req *req, json_t *args, void *o
 static void client_dispatch(struct qmp_client *c, const char *buf, size_t len)
 {
 	struct qmp_server *s = c->s;
-	struct qmp_req req = { .s = s, .c = c };
+	struct qmp_req req = {.s = s, .c = c};
 	json_t *msg, *id, *exec, *args, *ret, *reply;
 	json_error_t jerr;
 	struct qmp_cmd *cmd;
@@ -579,8 +581,8 @@ static void client_io(int fd, uint32_t events, void *opaque)
 
 static void qmp_greet(struct qmp_client *c)
 {
-	json_t *msg = json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version_json(),
-				"capabilities");
+	json_t *msg =
+	    json_pack("{s:{s:o,s:[]}}", "QMP", "version", qmp_version_json(), "capabilities");
 
 	client_send(c, msg);
 }
@@ -628,8 +630,7 @@ static void qmp_accept(int fd, uint32_t events, void *opaque)
 
 /* Makes way for the socket: nothing there, or a stale socket that nobody
  * listens on any more (a cprvm that crashed). */
-static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *err,
-			  size_t errlen)
+static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *err, size_t errlen)
 {
 	struct stat st;
 	int fd, r, e;
@@ -642,8 +643,8 @@ static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *
 		return -e;
 	}
 	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "cannot create QMP socket %s: the path exists and is not a socket",
-			 path);
+		snprintf(err, errlen,
+			 "cannot create QMP socket %s: the path exists and is not a socket", path);
 		return -EEXIST;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -674,7 +675,7 @@ static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *
 int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop, char *err,
 		   size_t errlen)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct qmp_server *s;
 	struct stat st;
 	mode_t old;
@@ -765,13 +766,13 @@ int qmp_server_flush(struct qmp_server *s, int timeout_ms)
 		for (struct qmp_client *c = s->clients; c; c = c->next) {
 			client_write(c);
 			if (!c->dead && c->out_len && n < QMP_MAX_CLIENTS)
-				pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+				pfd[n++] = (struct pollfd){.fd = c->fd, .events = POLLOUT};
 		}
 		if (!n)
 			break;
 		clock_gettime(CLOCK_MONOTONIC, &t);
-		left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 +
-				     (t.tv_nsec - t0.tv_nsec) / 1000000);
+		left = timeout_ms -
+		       ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
 		if (left <= 0) {
 			ret = -ETIMEDOUT;
 			break;
@@ -825,8 +826,8 @@ void qmp_event(struct qmp_server *s, const char *name, json_t *data)
 	if (data)
 		json_object_set(msg, "data", data);
 	json_object_set_new(msg, "timestamp",
-			    json_pack("{s:I,s:I}", "seconds", (json_int_t)ts.tv_sec,
-				      "microseconds", (json_int_t)(ts.tv_nsec / 1000)));
+			    json_pack("{s:I,s:I}", "seconds", (json_int_t)ts.tv_sec, "microseconds",
+				      (json_int_t)(ts.tv_nsec / 1000)));
 	text = json_dumps(msg, 0);
 	json_decref(msg);
 	if (!text)

@@ -22,13 +22,13 @@
 #define CPRVM_VERSION_MICRO 0
 
 /* QEMU's error classes that cprvm uses. */
-#define QMP_ERR_GENERIC "GenericError"
+#define QMP_ERR_GENERIC	  "GenericError"
 #define QMP_ERR_NOT_FOUND "CommandNotFound"
 
 /* Limits: a request larger than this without completing is refused; a client
  * whose unsent replies grow beyond QMP_MAX_OUTPUT is disconnected. */
-#define QMP_MAX_INPUT (1u << 20)
-#define QMP_MAX_OUTPUT (4u << 20)
+#define QMP_MAX_INPUT	(1u << 20)
+#define QMP_MAX_OUTPUT	(4u << 20)
 #define QMP_MAX_CLIENTS 32
 
 struct qmp_server;
@@ -58,7 +58,7 @@ int qmp_register(struct qmp_server *s, const char *name, qmp_cmd_fn fn, void *op
 
 /* For handlers. The error class is one of QMP_ERR_*; desc is for a person. */
 void qmp_req_error(struct qmp_req *req, const char *cls, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Calls fn(s, opaque) once the reply to req is queued: "quit" replies first,
  * then flushes and ends the process. */
 void qmp_req_after_reply(struct qmp_req *req, qmp_after_fn fn, void *opaque);

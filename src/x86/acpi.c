@@ -44,7 +44,8 @@ uint64_t acpi_build(struct guest_mem *m, int nr_cpus)
 	uint8_t *rsdp, *xsdt, *fadt, *dsdt, *madt, *e;
 	uint32_t madt_len;
 
-	if (!base || nr_cpus < 1 || 44 + 8 + nr_cpus * 8 + 12 + 10 > ACPI_AREA_SIZE - MADT_OFF)
+	/* UIDs and APIC IDs are single bytes in the MADT. */
+	if (!base || nr_cpus < 1 || nr_cpus > 254 || 44 + 8 + nr_cpus * 8 + 12 + 10 > ACPI_AREA_SIZE - MADT_OFF)
 		return 0;
 	memset(base, 0, ACPI_AREA_SIZE);
 	rsdp = base + RSDP_OFF;

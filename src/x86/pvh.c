@@ -238,7 +238,7 @@ int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp
 	char *cl = mem_gpa_to_hva(m, PVH_CMDLINE_GPA, 4096);
 	int n = 0;
 
-	if (!si || !cl || len > 4095)
+	if (!si || !cl || len > 4095 || m->low_size < 2 * PVH_LOAD_MIN)
 		return -EINVAL;
 	map[n++] = (struct hvm_memmap_entry){ 0, 0x1000, E820_RAM, 0 };
 	map[n++] = (struct hvm_memmap_entry){ 0x1000, 0x2000, E820_RESERVED, 0 };

@@ -91,7 +91,7 @@ static void fake_after(struct qmp_server *s, void *opaque)
 
 static json_t *fake_quit(struct qmp_req *req, json_t *args, void *opaque)
 {
-	static const char *const allowed[] = { "why", NULL };
+	static const char *const allowed[] = {"why", NULL};
 
 	if (!qmp_args_check(req, args, allowed))
 		return NULL;
@@ -143,7 +143,7 @@ static void pump(struct tenv *e, int ms)
 
 static int unix_connect(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
@@ -251,7 +251,7 @@ static json_t *cli_cmd(struct tenv *e, struct tcli *c, const char *text)
 /* Connects and reads the greeting; negotiates when asked. */
 static struct tcli cli_open(struct tenv *e, bool negotiate)
 {
-	struct tcli c = { .fd = unix_connect(e->path) };
+	struct tcli c = {.fd = unix_connect(e->path)};
 	json_t *m;
 
 	assert_true(c.fd >= 0);
@@ -296,7 +296,8 @@ static json_t *assert_return(json_t *m)
 
 static void assert_ok(struct tenv *e, struct tcli *c)
 {
-	json_t *m = cli_cmd(e, c, "{\"execute\": \"echo\", \"arguments\": {\"ok\": 1}, \"id\": \"ok\"}");
+	json_t *m =
+	    cli_cmd(e, c, "{\"execute\": \"echo\", \"arguments\": {\"ok\": 1}, \"id\": \"ok\"}");
 	json_t *r = assert_return(m);
 
 	assert_int_equal(json_integer_value(json_object_get(r, "ok")), 1);
@@ -309,7 +310,7 @@ static void assert_ok(struct tenv *e, struct tcli *c)
 static void test_greeting(void **state)
 {
 	struct tenv *e = *state;
-	struct tcli c = { .fd = unix_connect(e->path) };
+	struct tcli c = {.fd = unix_connect(e->path)};
 	json_t *m, *want;
 	char *text;
 
@@ -341,14 +342,17 @@ static void test_negotiation(void **state)
 		     "Expecting capabilities negotiation with 'qmp_capabilities'");
 	assert_error(cli_cmd(e, &c, "{\"execute\": \"nosuch\"}"), "CommandNotFound",
 		     "Expecting capabilities negotiation with 'qmp_capabilities'");
-	assert_error(cli_cmd(e, &c, "{\"execute\": \"qmp_capabilities\", \"arguments\": "
-				    "{\"enable\": [\"oob\"]}}"),
+	assert_error(cli_cmd(e, &c,
+			     "{\"execute\": \"qmp_capabilities\", \"arguments\": "
+			     "{\"enable\": [\"oob\"]}}"),
 		     "GenericError", "Capability 'oob' not available");
-	assert_error(cli_cmd(e, &c, "{\"execute\": \"qmp_capabilities\", \"arguments\": "
-				    "{\"bogus\": 1}}"),
+	assert_error(cli_cmd(e, &c,
+			     "{\"execute\": \"qmp_capabilities\", \"arguments\": "
+			     "{\"bogus\": 1}}"),
 		     "GenericError", "Parameter 'bogus' is unexpected");
-	m = cli_cmd(e, &c, "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": []}, "
-			   "\"id\": \"neg\"}");
+	m = cli_cmd(e, &c,
+		    "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": []}, "
+		    "\"id\": \"neg\"}");
 	assert_int_equal(json_object_size(assert_return(m)), 0);
 	assert_string_equal(json_string_value(json_object_get(m, "id")), "neg");
 	json_decref(m);
@@ -362,7 +366,7 @@ static void test_id_echoed(void **state)
 {
 	struct tenv *e = *state;
 	struct tcli c = cli_open(e, true);
-	static const char *const ids[] = { "\"abc\"", "12", "{\"x\": [1, 2]}", "null", "-1.5" };
+	static const char *const ids[] = {"\"abc\"", "12", "{\"x\": [1, 2]}", "null", "-1.5"};
 	char req[256];
 
 	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
@@ -412,7 +416,8 @@ static void test_query_commands(void **state)
 	size_t i;
 
 	assert_true(json_is_array(list));
-	json_array_foreach(list, i, v) {
+	json_array_foreach(list, i, v)
+	{
 		const char *n = json_string_value(json_object_get(v, "name"));
 		assert_non_null(n);
 		seen_cap |= !strcmp(n, "qmp_capabilities");
@@ -434,16 +439,16 @@ static void test_malformed(void **state)
 		const char *text;
 		int errors;
 	} bad[] = {
-		{ "{\"execute\": }", 1 },
-		{ "{\"execute\": \"echo\" \"x\"}", 1 },
-		{ "{\"execute\": \"echo\", \"execute\": \"echo\"}", 1 }, /* duplicate key */
-		{ "nope", 1 },
-		{ "\"a string\"", 1 },
-		{ "42", 1 },
-		{ "{\"execute\": \"echo\", \"arguments\": {\"s\": \"\\q\"}}", 1 }, /* bad escape */
-		{ "{\"execute\": \"echo\", \"arguments\": {\"s\": \"a\nb\"}}", 2 }, /* raw newline */
-		{ "{\"execute\": \"echo\"]", 1 },
-		{ "{\"execute\": nul}", 1 },
+	    {"{\"execute\": }", 1},
+	    {"{\"execute\": \"echo\" \"x\"}", 1},
+	    {"{\"execute\": \"echo\", \"execute\": \"echo\"}", 1}, /* duplicate key */
+	    {"nope", 1},
+	    {"\"a string\"", 1},
+	    {"42", 1},
+	    {"{\"execute\": \"echo\", \"arguments\": {\"s\": \"\\q\"}}", 1},  /* bad escape */
+	    {"{\"execute\": \"echo\", \"arguments\": {\"s\": \"a\nb\"}}", 2}, /* raw newline */
+	    {"{\"execute\": \"echo\"]", 1},
+	    {"{\"execute\": nul}", 1},
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -462,7 +467,8 @@ static void test_malformed(void **state)
 		     "QMP input member 'arguments' must be an object");
 	/* Error replies to requests carry their id too. */
 	{
-		json_t *m = cli_cmd(e, &c, "{\"execute\": \"echo\", \"arguments\": 3, \"id\": \"i\"}");
+		json_t *m =
+		    cli_cmd(e, &c, "{\"execute\": \"echo\", \"arguments\": 3, \"id\": \"i\"}");
 		assert_string_equal(json_string_value(json_object_get(m, "id")), "i");
 		assert_error(m, "GenericError", NULL);
 	}
@@ -477,8 +483,9 @@ static void test_two_objects_one_write(void **state)
 	json_t *m;
 
 	/* No newline between them, none at the end. */
-	cli_sends(e, &c, "{\"execute\": \"echo\", \"id\": 1}{\"execute\": \"fail\", \"id\": 2}"
-			 "  \r\n\t{\"execute\": \"echo\", \"id\": 3}");
+	cli_sends(e, &c,
+		  "{\"execute\": \"echo\", \"id\": 1}{\"execute\": \"fail\", \"id\": 2}"
+		  "  \r\n\t{\"execute\": \"echo\", \"id\": 3}");
 	m = cli_reply(e, &c);
 	assert_int_equal(json_integer_value(json_object_get(m, "id")), 1);
 	assert_return(m);
@@ -576,8 +583,8 @@ static void test_events(void **state)
 		m = cli_recv(e, c);
 		assert_string_equal(json_string_value(json_object_get(m, "event")), "SHUTDOWN");
 		assert_string_equal(
-			json_string_value(json_object_get(json_object_get(m, "data"), "reason")),
-			"host-qmp-quit");
+		    json_string_value(json_object_get(json_object_get(m, "data"), "reason")),
+		    "host-qmp-quit");
 		json_decref(m);
 	}
 	/* The client that has not negotiated got nothing: its next message is
@@ -703,7 +710,7 @@ static void test_slow_reader_dropped(void **state)
 	/* 20 x 512 KiB replies, never read: well past QMP_MAX_OUTPUT. */
 	for (int i = 0; i < 20; i++) {
 		static const char req[] =
-			"{\"execute\": \"big\", \"arguments\": {\"size\": 524288}}\n";
+		    "{\"execute\": \"big\", \"arguments\": {\"size\": 524288}}\n";
 		/* Once dropped, sends fail (EPIPE): that is the point. */
 		if (send(a.fd, req, sizeof(req) - 1, MSG_NOSIGNAL) < 0)
 			assert_true(errno == EPIPE || errno == ECONNRESET || errno == EAGAIN);
@@ -819,7 +826,7 @@ static void test_bad_paths(void **state)
 static void test_stale_socket(void **state)
 {
 	struct tenv *e = *state;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct qmp_server *s;
 	char err[256], p[100];
 	struct tenv e2 = *e;
@@ -938,27 +945,27 @@ int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, env_setup, env_teardown)
 	const struct CMUnitTest tests[] = {
-		T(test_greeting),
-		T(test_negotiation),
-		T(test_id_echoed),
-		T(test_unknown_command),
-		T(test_query_commands),
-		T(test_malformed),
-		T(test_two_objects_one_write),
-		T(test_split_object),
-		T(test_oversized),
-		T(test_events),
-		T(test_after_reply),
-		T(test_disconnect_mid_request),
-		T(test_half_close),
-		T(test_sequential_and_concurrent),
-		T(test_slow_reader_dropped),
-		T(test_flush),
-		T(test_socket_mode),
-		T(test_bad_paths),
-		T(test_stale_socket),
-		T(test_free_spares_foreign_path),
-		T(test_fuzz),
+	    T(test_greeting),
+	    T(test_negotiation),
+	    T(test_id_echoed),
+	    T(test_unknown_command),
+	    T(test_query_commands),
+	    T(test_malformed),
+	    T(test_two_objects_one_write),
+	    T(test_split_object),
+	    T(test_oversized),
+	    T(test_events),
+	    T(test_after_reply),
+	    T(test_disconnect_mid_request),
+	    T(test_half_close),
+	    T(test_sequential_and_concurrent),
+	    T(test_slow_reader_dropped),
+	    T(test_flush),
+	    T(test_socket_mode),
+	    T(test_bad_paths),
+	    T(test_stale_socket),
+	    T(test_free_spares_foreign_path),
+	    T(test_fuzz),
 	};
 #undef T
 	log_set_level(LOG_ERR); /* the slow reader's drop is expected */
