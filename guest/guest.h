@@ -10,7 +10,7 @@
 #ifndef GUEST_H
 #define GUEST_H
 
-/* Keep in sync with entry.S, which includes this header for the constants. */
+/* Layout constants, shared with entry.S. */
 #define GUEST_MAX_CPUS 64
 #define GUEST_KSTACK_SIZE 4096
 #define GUEST_USTACK_SIZE 16384
@@ -25,9 +25,13 @@
 #define SEL_UCODE64 0x2b
 #define SEL_TSS0 0x30
 
-/* int $0x80 services (rax = number); none of them return. */
-#define SYS_HALT 1
-#define SYS_CRASH 2
+/* Guest service calls, CPL3 -> CPL0: rax = number, rdi = argument. */
+#define SYS_HALT 1  /* cli; hlt forever */
+#define SYS_CRASH 2 /* triple fault */
+#define SYS_NULL 3  /* return at once (iobench) */
+#define SYS_OUTB80 4 /* a0 x outb to port 0x80 at CPL0 (iobench) */
+#define SYS_WRITE 5 /* COM1 output of a0 = buffer, a1 = length, from CPL0 */
+#define SYS_MAGIC 0x53565243 /* "CRVS", the 4 bytes after the ud2 */
 
 #ifndef __ASSEMBLER__
 #include <stdarg.h>
@@ -46,6 +50,7 @@ typedef uint64_t u64;
 
 /* ---- entry.S ------------------------------------------------------------ */
 extern u32 pvh_start_info;           /* EBX at the PVH entry */
+extern u64 entry_tsc;                /* TSC at the PVH entry */
 extern volatile u32 ap_boot_cpu;     /* index the next AP takes */
 extern volatile u32 ap_alive;        /* set by an AP once it owns its stack */
 extern u64 pml4[512], pdpt[512];
@@ -53,8 +58,7 @@ extern u8 gdt[], tss_area[], idt[];
 extern u64 isr_table[32];
 extern u8 trampoline_start[], trampoline_end[];
 extern u8 __image_start[], __image_end[];
-extern u8 ustacks[];
-void isr_syscall(void);
+extern u8 ustacks[], kstacks[];
 void enter_user(u64 rip, u64 rsp, u64 arg) __attribute__((noreturn));
 
 /* ---- kernel.c (CPL0) ------------------------------------------------------ */
@@ -105,7 +109,10 @@ static inline void outw(u16 port, u16 v)
 	__asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port));
 }
 
-/* String I/O: KVM hands a whole `rep ins/outs` to the VMM in one exit. */
+/*
+ * String I/O. Measured on the target host: KVM hands a whole `rep insb` to the
+ * VMM in one exit, but `rep outsb` costs one exit per byte (used by iobench only).
+ */
 static inline void insb(u16 port, void *buf, u64 n)
 {
 	__asm__ volatile("rep insb" : "+D"(buf), "+c"(n) : "d"(port) : "memory");
@@ -116,15 +123,31 @@ static inline void outsb(u16 port, const void *buf, u64 n)
 	__asm__ volatile("rep outsb" : "+S"(buf), "+c"(n) : "d"(port) : "memory");
 }
 
-static inline void syscall0(u64 nr)
+/*
+ * ud2 + magic: the #UD handler runs the service and resumes after the magic,
+ * restoring every register but rax (the result).
+ */
+static inline u64 guest_call2(u64 nr, u64 a0, u64 a1)
 {
-	__asm__ volatile("int $0x80" ::"a"(nr) : "memory");
+	__asm__ volatile("ud2; .long %c[magic]"
+			 : "+a"(nr)
+			 : "D"(a0), "S"(a1), [magic] "i"(SYS_MAGIC)
+			 : "memory");
+	return nr;
 }
+
+static inline u64 guest_call(u64 nr, u64 a0)
+{
+	return guest_call2(nr, a0, 0);
+}
+
+struct pcpu;
 
 /* ---- serial.c ----------------------------------------------------------------- */
 #define COM1 0x3f8
 void serial_init(void);
-void serial_write(const char *s, size_t n);     /* no locking */
+void serial_tx(const char *s, size_t n, struct pcpu *p); /* no locking; p ticks */
+extern bool serial_tx_cpl0;
 void serial_line(const char *s, size_t n);      /* whole line under the lock */
 void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void serial_echo(void) __attribute__((noreturn));
@@ -184,11 +207,23 @@ void boot_read_start_info(void);
 void boot_read_acpi(void);
 void boot_tsc(void);
 void boot_map_high(void);
+
+/* A set of pages from free RAM, possibly in several physically contiguous pieces. */
+#define AREA_MAX_PIECES 8
+struct area {
+	u64 pages;
+	u32 nr;
+	struct {
+		u64 start, pages;
+	} piece[AREA_MAX_PIECES];
+};
+bool area_alloc(struct area *a, u64 pages);
+u64 area_page(const struct area *a, u64 idx); /* physical = virtual address */
 u64 mem_alloc(u64 bytes, u64 align);  /* from RAM above the image; 0 if none */
 u64 mem_free_bytes(void);
 
 /* ---- smp.c ------------------------------------------------------------------------ */
-void smp_start_aps(void (*report)(u32 cpu, bool ok));
+u32 smp_start_aps(char *errs, size_t size); /* returns CPUs online */
 
 /* ---- main.c ------------------------------------------------------------------------ */
 void user_main(u64 cpu) __attribute__((noreturn));

@@ -147,16 +147,30 @@ static void *vcpu_thread(void *arg)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
 	for (;;) {
-		if (__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST))
 			break;
-		if (__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE)) {
+		if (__atomic_load_n(&vm->pause_req, __ATOMIC_SEQ_CST)) {
+			/* Complete the exit we just handled before parking:
+			 * KVM finishes a pending I/O (writes the IN data,
+			 * advances string I/O) on the next KVM_RUN, and with
+			 * immediate_exit it returns -EINTR before running any
+			 * guest instruction (api.rst, KVM_EXIT_IO). A parked
+			 * vCPU's state is then complete and can be saved. */
+			__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+			ioctl(v->fd, KVM_RUN, 0);
 			if (!vcpu_park(v, false))
 				break;
 			continue;
 		}
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR || errno == EAGAIN)
+			if (errno == EINTR || errno == EAGAIN) {
+				/* A kick: re-arm KVM_RUN, then look at the flags
+				 * again. The kicker stores the flag before
+				 * immediate_exit, so clearing it here first
+				 * cannot lose a request. */
+				__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 				continue;
+			}
 			char why[96];
 			snprintf(why, sizeof(why), "KVM_RUN failed: %s", strerror(errno));
 			vm_guest_crashed(vm, v->id, why);
@@ -206,7 +220,7 @@ void vcpu_kick(struct vcpu *v)
 {
 	if (!v->thread_started)
 		return;
-	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 

@@ -16,6 +16,7 @@
 
 #include "dev/pm.h"
 #include "lib/log.h"
+#include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 #include "x86/acpi.h"
 #include "x86/pvh.h"
@@ -197,7 +198,7 @@ void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
 static void vm_park_all(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->pause_req, true, __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vcpu_kick(&vm->vcpus[i]);
 	for (;;) {
@@ -394,6 +395,15 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 			goto out_free;
 		}
 	}
+	/* What vCPU state looks like here, probed once for save/restore. */
+	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
+	tsc = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	vm->xsave_size = tsc > (int)sizeof(struct kvm_xsave) ? (uint32_t)tsc : sizeof(struct kvm_xsave);
+	ret = vcpu_msr_list_probe(vm, vm->vcpus[0].fd, &vm->msr_indices, &vm->nr_msr_indices);
+	if (ret < 0) {
+		vm_fail(err, errlen, ret, "KVM_GET_MSR_INDEX_LIST");
+		goto out_free;
+	}
 	ret = x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
@@ -439,6 +449,7 @@ void vm_destroy(struct vm *vm)
 		close(vm->kvm_fd);
 	mem_close(&vm->mem, false);
 	free(vm->cpuid);
+	free(vm->msr_indices);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	free(vm);

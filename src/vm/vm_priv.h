@@ -36,6 +36,11 @@ struct vm {
 	struct vcpu *vcpus;
 	uint32_t entry;
 	uint32_t tsc_khz;
+	/* What vCPU state looks like on this host (vcpu_state.c). */
+	bool have_sregs2;
+	uint32_t xsave_size;
+	uint32_t *msr_indices;
+	uint32_t nr_msr_indices;
 
 	struct chardev *serial_chr;
 	struct serial *serial;

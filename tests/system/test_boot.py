@@ -28,7 +28,8 @@ def test_serial_none_runs(vms):
 
 
 def test_banner_reports_config(vms):
-    vm = vms(cmdline="heartbeat", memory="1G", cpus=2)
+    # stdio: a unix client connecting after boot would miss the banner.
+    vm = vms(cmdline="heartbeat", memory="1G", cpus=2, serial="stdio")
     _, m = vm.serial.wait(r"^GUEST ready cpus=(\d+) mem=(\d+)")
     assert int(m.group(1)) == 2
     # The guest sees (almost) all of its RAM: reserved low areas aside.
@@ -78,13 +79,17 @@ def test_guest_shutdown_exits_zero(vms):
     assert not os.path.exists(vm.serial_path)
 
 
-def test_triple_fault_reported(vms):
+def test_guest_crash_reported(vms):
+    # The guest loads an empty IDT and raises an exception at CPL0: a triple
+    # fault on hardware; this nested KVM reports it as an emulation failure.
+    # Either way: an error naming the cause, with the vCPU's registers.
     vm = vms(cmdline="crash")
     rc = vm.wait_exit()
-    assert rc != 0
+    assert rc == 1
     err = vm.stderr()
-    assert "triple fault" in err, err
-    assert "rip=0x" in err and "cr0=0x" in err, err
+    assert "guest crashed" in err, err
+    assert "triple fault" in err or "KVM internal error" in err, err
+    assert "rip=0x" in err and "cr0=0x" in err and "vCPU 0" in err, err
 
 
 def test_sigterm_exits_cleanly(vms):

@@ -1,0 +1,49 @@
+/* vcpu_state.h — a vCPU's complete architectural state as KVM exposes it,
+ * and the VM-wide in-kernel devices (PIC, IOAPIC, PIT, kvmclock).
+ * Capture requires the vCPU to be parked (vm_pause): KVM's vCPU ioctls
+ * serialize on the vCPU, and a parked vCPU has no I/O exit outstanding. */
+#ifndef CPRVM_VCPU_STATE_H
+#define CPRVM_VCPU_STATE_H
+
+#include <linux/kvm.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define VCPU_MAX_MSRS 512
+#define VCPU_XSAVE_MAX (64 * 1024)
+
+struct vcpu_state {
+	struct kvm_mp_state mp_state;
+	struct kvm_regs regs;
+	bool have_sregs2;
+	struct kvm_sregs sregs;
+	struct kvm_sregs2 sregs2;
+	uint32_t xsave_len; /* bytes valid in xsave */
+	uint8_t xsave[VCPU_XSAVE_MAX];
+	struct kvm_xcrs xcrs;
+	uint32_t nr_msrs;
+	struct kvm_msr_entry msrs[VCPU_MAX_MSRS];
+	struct kvm_lapic_state lapic;
+	struct kvm_vcpu_events events;
+	struct kvm_debugregs debugregs;
+};
+
+struct vm_kvm_state {
+	struct kvm_irqchip pic_master, pic_slave, ioapic;
+	struct kvm_pit_state2 pit;
+	struct kvm_clock_data clock;
+};
+
+struct vcpu;
+struct vm;
+
+/* Indices of the MSRs that can be read on this host (KVM_GET_MSR_INDEX_LIST
+ * filtered by a probe read), computed once per VM. */
+int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr);
+
+int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
+int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s);
+int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s);
+int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s);
+
+#endif
