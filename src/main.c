@@ -13,6 +13,7 @@
 
 #include "lib/log.h"
 #include "lib/loop.h"
+#include "cpr/snapshot.h"
 #include "qmp/qmp.h"
 #include "vm/vm.h"
 
@@ -30,7 +31,8 @@ static const char usage_text[] =
 	"  --serial BACKEND     COM1 backend: stdio (default), none, file:PATH, pty,\n"
 	"                       unix:PATH (listening; one client at a time)\n"
 	"  --qmp PATH           QMP server on a unix socket (mode 0600)\n"
-	"  --incoming URI       start paused and load state (not supported yet)\n"
+	"  --incoming URI       load state instead of booting: file:PATH (a snapshot\n"
+	"                       written by QMP migrate), then run the guest\n"
 	"  --name NAME          a name for this VM (shown in messages)\n"
 	"  -v, --verbose        more messages on stderr (repeat for debug)\n"
 	"  -h, --help           this help\n"
@@ -75,6 +77,7 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 	int c, verbose = 0;
 
 	memset(cfg, 0, sizeof(*cfg));
+	cfg->restore_ram_fd = -1;
 	cfg->mem_size = CPRVM_DEFAULT_MEM;
 	cfg->nr_cpus = 1;
 	cfg->serial.kind = CHARDEV_STDIO;
@@ -129,8 +132,8 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 		die("--memory must be at least %lluM", CPRVM_MIN_MEM >> 20);
 	if (cfg->cmdline && strlen(cfg->cmdline) > CPRVM_MAX_CMDLINE)
 		die("--cmdline is longer than %d bytes", CPRVM_MAX_CMDLINE);
-	if (cfg->incoming)
-		die("--incoming is not supported yet");
+	if (cfg->incoming && strncmp(cfg->incoming, "file:", 5))
+		die("--incoming '%s' is not supported yet (use file:PATH)", cfg->incoming);
 	if (cfg->qmp_path && strlen(cfg->qmp_path) >= 108)
 		die("--qmp path is too long (max 107 bytes): %s", cfg->qmp_path);
 	log_set_level(verbose >= 2 ? LOG_DEBUG : verbose ? LOG_INFO : LOG_WARN);
@@ -158,6 +161,7 @@ int main(int argc, char **argv)
 	struct vm_config cfg;
 	struct main_ctx m = { .sfd = -1 };
 	struct qmp_server *qmp = NULL;
+	struct snapshot *snap = NULL;
 	struct loop *loop;
 	sigset_t sigs;
 	char err[512];
@@ -184,7 +188,21 @@ int main(int argc, char **argv)
 		if (ret < 0)
 			die("%s", err);
 	}
+	/* Incoming state is read and validated whole before any VM exists. */
+	if (cfg.incoming) {
+		ret = snapshot_open(cfg.incoming + 5, &cfg, &snap, err, sizeof(err));
+		if (ret < 0) {
+			qmp_server_free(qmp);
+			die("%s", err);
+		}
+	}
 	ret = vm_create(&m.vm, &cfg, loop, err, sizeof(err));
+	if (ret == 0 && snap) {
+		ret = snapshot_apply(snap, m.vm, err, sizeof(err));
+		if (ret < 0)
+			vm_destroy(m.vm);
+	}
+	snapshot_free(snap);
 	if (ret < 0) {
 		qmp_server_free(qmp);
 		die("%s", err);

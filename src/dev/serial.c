@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "dev/serial.h"
+#include "state/state.h"
 
 #define UART_RBR 0
 #define UART_IER 1
@@ -312,6 +313,68 @@ void serial_write(struct serial *s, unsigned off, uint8_t val)
 	}
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* --- state -------------------------------------------------------------------- */
+
+static const struct state_field serial_fields[] = {
+	STATE_FIELD_U8(1, struct serial_state, ier, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(2, struct serial_state, fcr, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(3, struct serial_state, lcr, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(4, struct serial_state, mcr, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(5, struct serial_state, scr),
+	STATE_FIELD_U8(6, struct serial_state, dll),
+	STATE_FIELD_U8(7, struct serial_state, dlm),
+	STATE_FIELD_U8(8, struct serial_state, thri_pending, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_VBYTES(9, struct serial_state, rx, rx_len, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_VBYTES(10, struct serial_state, tx, tx_len, .flags = STATE_F_REQUIRED),
+};
+const struct state_desc serial_state_desc = STATE_DESC("serial", 1, 1, serial_fields);
+
+void serial_save(struct serial *s, struct serial_state *st)
+{
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&s->lock);
+	st->ier = s->ier;
+	st->fcr = s->fcr;
+	st->lcr = s->lcr;
+	st->mcr = s->mcr;
+	st->scr = s->scr;
+	st->dll = s->dll;
+	st->dlm = s->dlm;
+	st->thri_pending = s->thri_pending;
+	st->rx_len = s->rx.count;
+	for (unsigned i = 0; i < s->rx.count; i++)
+		st->rx[i] = s->rx.data[(s->rx.head + i) % SERIAL_FIFO_LEN];
+	st->tx_len = s->tx.count;
+	for (unsigned i = 0; i < s->tx.count; i++)
+		st->tx[i] = s->tx.data[(s->tx.head + i) % SERIAL_FIFO_LEN];
+	pthread_mutex_unlock(&s->lock);
+}
+
+int serial_load(struct serial *s, const struct serial_state *st)
+{
+	if (st->rx_len > SERIAL_FIFO_LEN || st->tx_len > SERIAL_FIFO_LEN || st->thri_pending > 1)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	s->ier = st->ier & 0x0f;
+	s->fcr = st->fcr & 0xc9;
+	s->lcr = st->lcr;
+	s->mcr = st->mcr & 0x1f;
+	s->scr = st->scr;
+	s->dll = st->dll;
+	s->dlm = st->dlm;
+	s->thri_pending = st->thri_pending;
+	s->rx.head = s->tx.head = 0;
+	s->rx.count = st->rx_len;
+	memcpy(s->rx.data, st->rx, st->rx_len);
+	s->tx.count = st->tx_len;
+	memcpy(s->tx.data, st->tx, st->tx_len);
+	serial_flush_tx(s);
+	s->irq_level = -1; /* re-drive the line whatever it was */
+	serial_update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }
 
 int serial_new(struct serial **out, struct chardev *chr, int irq, serial_irq_fn set_irq,

@@ -127,6 +127,28 @@ out_close:
 	return ret;
 }
 
+int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size, char *err,
+		     size_t errlen)
+{
+	memset(m, 0, sizeof(*m));
+	m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (m->fd < 0)
+		return mem_fail(err, errlen, -errno, "cannot duplicate snapshot fd", NULL);
+	m->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, m->fd,
+		       (off_t)offset);
+	if (m->host == MAP_FAILED) {
+		int ret = mem_fail(err, errlen, -errno, "cannot map the snapshot's RAM", NULL);
+		m->host = NULL;
+		mem_close(m, false);
+		return ret;
+	}
+	m->size = size;
+	m->private_map = true;
+	m->low_size = size < CPRVM_LOW_MEM_MAX ? size : CPRVM_LOW_MEM_MAX;
+	m->high_size = size - m->low_size;
+	return 0;
+}
+
 int mem_register(struct guest_mem *m, int vmfd)
 {
 	struct kvm_userspace_memory_region r = {

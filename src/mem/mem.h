@@ -24,10 +24,15 @@ struct guest_mem {
 	uint64_t high_size; /* bytes at GPA 4 GiB */
 	char *path;	    /* --mem-path, or NULL for memfd */
 	bool created;	    /* we created the file: remove it if setup fails */
+	bool private_map;   /* MAP_PRIVATE over a snapshot: not shareable */
 };
 
 /* Opens/creates and maps. On error returns -errno and a message in err. */
 int mem_open(struct guest_mem *m, uint64_t size, const char *path, char *err, size_t errlen);
+/* Maps size bytes of fd at offset MAP_PRIVATE: pages load on demand from
+ * the file, guest writes stay private (restoring a full snapshot). */
+int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size, char *err,
+		     size_t errlen);
 /* Registers the memslots with KVM (do it before KVM_CREATE_IRQCHIP: see
  * MEASURED.md, a memslot added afterwards costs ~6.5 ms more). */
 int mem_register(struct guest_mem *m, int vmfd);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "cpr/migrate.h"
 #include "lib/log.h"
 #include "qmp/qmp.h"
 #include "vm/vm.h"
@@ -97,6 +98,103 @@ static json_t *qmp_cmd_query_version(struct qmp_req *req, json_t *args, void *op
 	return qmp_version_json();
 }
 
+/* --- migration (today: snapshots to file:PATH) ------------------------------ */
+
+static const char *const migrate_caps[] = { "x-ignore-shared" };
+
+static json_t *qmp_cmd_migrate_set_capabilities(struct qmp_req *req, json_t *args, void *opaque)
+{
+	static const char *const allowed[] = { "capabilities", NULL };
+	struct migration *mig = vm_migration(opaque);
+	json_t *caps, *c;
+	size_t i;
+	bool want_ignore_shared = mig->ignore_shared;
+
+	if (!qmp_args_check(req, args, allowed))
+		return NULL;
+	caps = args ? json_object_get(args, "capabilities") : NULL;
+	if (!json_is_array(caps)) {
+		qmp_req_error(req, QMP_ERR_GENERIC, "Parameter 'capabilities' is missing or not a list");
+		return NULL;
+	}
+	/* Check all, then apply: a bad entry changes nothing. */
+	json_array_foreach(caps, i, c) {
+		json_t *name = json_object_get(c, "capability"), *state = json_object_get(c, "state");
+		if (!json_is_string(name) || !json_is_boolean(state)) {
+			qmp_req_error(req, QMP_ERR_GENERIC,
+				      "Each capability needs 'capability' (string) and 'state' (bool)");
+			return NULL;
+		}
+		if (strcmp(json_string_value(name), "x-ignore-shared")) {
+			qmp_req_error(req, QMP_ERR_GENERIC,
+				      "Capability '%s' is not supported by cprvm yet",
+				      json_string_value(name));
+			return NULL;
+		}
+		want_ignore_shared = json_is_true(state);
+	}
+	mig->ignore_shared = want_ignore_shared;
+	return NULL;
+}
+
+static json_t *qmp_cmd_query_migrate_capabilities(struct qmp_req *req, json_t *args, void *opaque)
+{
+	struct migration *mig = vm_migration(opaque);
+	json_t *list;
+
+	if (!qmp_args_check(req, args, NULL))
+		return NULL;
+	list = json_array();
+	for (size_t i = 0; i < ARRAY_SIZE(migrate_caps); i++)
+		json_array_append_new(list, json_pack("{s:s,s:b}", "capability", migrate_caps[i],
+						      "state", mig->ignore_shared));
+	return list;
+}
+
+static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
+{
+	static const char *const allowed[] = { "uri", "detach", NULL };
+	json_t *uri = args ? json_object_get(args, "uri") : NULL;
+	char err[512];
+
+	if (!qmp_args_check(req, args, allowed))
+		return NULL;
+	if (!json_is_string(uri)) {
+		qmp_req_error(req, QMP_ERR_GENERIC, "Parameter 'uri' is missing");
+		return NULL;
+	}
+	if (migrate_start(opaque, json_string_value(uri), err, sizeof(err)) < 0)
+		qmp_req_error(req, QMP_ERR_GENERIC, "%s", err);
+	return NULL;
+}
+
+static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *opaque)
+{
+	struct migration *mig = vm_migration(opaque);
+	json_t *r;
+
+	if (!qmp_args_check(req, args, NULL))
+		return NULL;
+	if (!mig->status)
+		return json_object();
+	r = json_pack("{s:s}", "status", mig->status);
+	if (!strcmp(mig->status, "completed")) {
+		/* QEMU reports milliseconds; cprvm's pauses are shorter, so
+		 * also give microseconds (x-*-us). */
+		json_object_set_new(r, "total-time", json_integer(mig->total_ms_x1000 / 1000));
+		json_object_set_new(r, "downtime", json_integer(mig->downtime_us / 1000));
+		json_object_set_new(r, "setup-time", json_integer(mig->setup_us / 1000));
+		json_object_set_new(r, "x-downtime-us", json_integer(mig->downtime_us));
+		json_object_set_new(r, "x-total-time-us", json_integer(mig->total_ms_x1000));
+		json_object_set_new(r, "ram", json_pack("{s:I,s:I,s:I}", "transferred",
+							(json_int_t)mig->transferred, "total",
+							(json_int_t)mig->total, "remaining", (json_int_t)0));
+	} else if (!strcmp(mig->status, "failed")) {
+		json_object_set_new(r, "error-desc", json_string(mig->error));
+	}
+	return r;
+}
+
 static void qmp_vm_event(void *opaque, const char *event, const char *data_json)
 {
 	struct qmp_server *s = opaque;
@@ -123,6 +221,10 @@ int qmp_commands_register(struct qmp_server *s, struct vm *vm)
 	    {"cont", qmp_cmd_cont},
 	    {"quit", qmp_cmd_quit},
 	    {"query-version", qmp_cmd_query_version},
+	    {"migrate", qmp_cmd_migrate},
+	    {"query-migrate", qmp_cmd_query_migrate},
+	    {"migrate-set-capabilities", qmp_cmd_migrate_set_capabilities},
+	    {"query-migrate-capabilities", qmp_cmd_query_migrate_capabilities},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cmds); i++) {

@@ -6,18 +6,75 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "state/state.h"
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 
-struct msrs_buf {
-	struct kvm_msrs hdr;
-	struct kvm_msr_entry e[VCPU_MAX_MSRS];
+/* --- stream tables ----------------------------------------------------------
+ * Kernel structs go in as their bytes: they are KVM's stable ABI. Field ids
+ * never change meaning; new fields get new ids. */
+
+static const struct state_field msr_fields[] = {
+	STATE_FIELD_U32(1, struct kvm_msr_entry, index),
+	STATE_FIELD_U64(2, struct kvm_msr_entry, data),
 };
+static const struct state_desc msr_desc = STATE_DESC("msr", 1, 1, msr_fields);
+
+static bool vcpu_uses_sregs(const void *obj)
+{
+	return !((const struct vcpu_state *)obj)->have_sregs2;
+}
+
+static bool vcpu_uses_sregs2(const void *obj)
+{
+	return ((const struct vcpu_state *)obj)->have_sregs2;
+}
+
+static const struct state_field vcpu_fields[] = {
+	STATE_FIELD_BYTES(1, struct vcpu_state, mp_state, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(2, struct vcpu_state, regs, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(3, struct vcpu_state, have_sregs2, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(4, struct vcpu_state, sregs, .flags = STATE_F_REQUIRED,
+			  .needed = vcpu_uses_sregs),
+	STATE_FIELD_BYTES(5, struct vcpu_state, sregs2, .flags = STATE_F_REQUIRED,
+			  .needed = vcpu_uses_sregs2),
+	STATE_FIELD_VBYTES(6, struct vcpu_state, xsave, xsave_len, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(7, struct vcpu_state, xcrs, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_ARRAY(8, struct vcpu_state, msrs, nr_msrs, msr_desc,
+			  .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(9, struct vcpu_state, lapic, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(10, struct vcpu_state, events, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(11, struct vcpu_state, debugregs, .flags = STATE_F_REQUIRED),
+};
+const struct state_desc vcpu_state_desc = STATE_DESC("vcpu", 1, 1, vcpu_fields);
+
+static const struct state_field irqchip_fields[] = {
+	STATE_FIELD_BYTES(1, struct vm_kvm_state, pic_master, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(2, struct vm_kvm_state, pic_slave, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_BYTES(3, struct vm_kvm_state, ioapic, .flags = STATE_F_REQUIRED),
+};
+const struct state_desc irqchip_state_desc = STATE_DESC("irqchip", 1, 1, irqchip_fields);
+
+static const struct state_field pit_fields[] = {
+	STATE_FIELD_BYTES(1, struct vm_kvm_state, pit, .flags = STATE_F_REQUIRED),
+};
+const struct state_desc pit_state_desc = STATE_DESC("pit", 1, 1, pit_fields);
+
+static const struct state_field clock_fields[] = {
+	STATE_FIELD_BYTES(1, struct vm_kvm_state, clock, .flags = STATE_F_REQUIRED),
+};
+const struct state_desc clock_state_desc = STATE_DESC("clock", 1, 1, clock_fields);
+
+/* struct kvm_msrs ends in a flexible array: allocate it with room. */
+static struct kvm_msrs *msrs_alloc(uint32_t n)
+{
+	return calloc(1, sizeof(struct kvm_msrs) + (size_t)n * sizeof(struct kvm_msr_entry));
+}
 
 int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr)
 {
 	struct kvm_msr_list probe = { .nmsrs = 0 }, *list;
-	struct msrs_buf *buf;
+	struct kvm_msrs *buf;
 	uint32_t *ok, n = 0;
 	int ret = 0;
 
@@ -27,7 +84,7 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 	if (probe.nmsrs > VCPU_MAX_MSRS)
 		probe.nmsrs = VCPU_MAX_MSRS;
 	list = calloc(1, sizeof(*list) + probe.nmsrs * sizeof(uint32_t));
-	buf = calloc(1, sizeof(*buf));
+	buf = msrs_alloc(1);
 	ok = calloc(probe.nmsrs ? probe.nmsrs : 1, sizeof(uint32_t));
 	if (!list || !buf || !ok) {
 		ret = -ENOMEM;
@@ -41,8 +98,8 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 	/* Some listed MSRs cannot be read on every host (this one rejects a
 	 * few): keep those a single KVM_GET_MSRS can read. */
 	for (uint32_t i = 0; i < list->nmsrs; i++) {
-		buf->hdr.nmsrs = 1;
-		buf->e[0] = (struct kvm_msr_entry){ .index = list->indices[i] };
+		buf->nmsrs = 1;
+		buf->entries[0] = (struct kvm_msr_entry){ .index = list->indices[i] };
 		if (ioctl(vcpu_fd, KVM_GET_MSRS, buf) == 1)
 			ok[n++] = list->indices[i];
 	}
@@ -59,7 +116,7 @@ out:
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 {
 	struct vm *vm = v->vm;
-	struct msrs_buf *buf;
+	struct kvm_msrs *buf;
 	int ret;
 
 	memset(s, 0, offsetof(struct vcpu_state, xsave));
@@ -85,12 +142,14 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 	s->xsave_len = vm->xsave_size;
 	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0)
 		return -errno;
-	buf = calloc(1, sizeof(*buf));
+	if (vm->nr_msr_indices > VCPU_MAX_MSRS)
+		return -E2BIG;
+	buf = msrs_alloc(vm->nr_msr_indices);
 	if (!buf)
 		return -ENOMEM;
-	buf->hdr.nmsrs = vm->nr_msr_indices;
+	buf->nmsrs = vm->nr_msr_indices;
 	for (uint32_t i = 0; i < vm->nr_msr_indices; i++)
-		buf->e[i].index = vm->msr_indices[i];
+		buf->entries[i].index = vm->msr_indices[i];
 	ret = ioctl(v->fd, KVM_GET_MSRS, buf);
 	if (ret != (int)vm->nr_msr_indices) {
 		ret = ret < 0 ? -errno : -EIO;
@@ -98,7 +157,7 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 		return ret;
 	}
 	s->nr_msrs = vm->nr_msr_indices;
-	memcpy(s->msrs, buf->e, s->nr_msrs * sizeof(buf->e[0]));
+	memcpy(s->msrs, buf->entries, s->nr_msrs * sizeof(buf->entries[0]));
 	free(buf);
 	if (ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0)
 		return -errno;
@@ -114,7 +173,7 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s)
 {
 	struct vm *vm = v->vm;
-	struct msrs_buf *buf;
+	struct kvm_msrs *buf;
 	int ret;
 
 	/* Order as Firecracker restores (src/vmm/src/arch/x86_64/vcpu.rs):
@@ -145,15 +204,13 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s)
 		return -errno;
 	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
 		return -errno;
-	buf = calloc(1, sizeof(*buf));
+	if (s->nr_msrs > VCPU_MAX_MSRS)
+		return -EINVAL;
+	buf = msrs_alloc(s->nr_msrs);
 	if (!buf)
 		return -ENOMEM;
-	if (s->nr_msrs > VCPU_MAX_MSRS) {
-		free(buf);
-		return -EINVAL;
-	}
-	buf->hdr.nmsrs = s->nr_msrs;
-	memcpy(buf->e, s->msrs, s->nr_msrs * sizeof(buf->e[0]));
+	buf->nmsrs = s->nr_msrs;
+	memcpy(buf->entries, s->msrs, s->nr_msrs * sizeof(buf->entries[0]));
 	ret = ioctl(v->fd, KVM_SET_MSRS, buf);
 	free(buf);
 	if (ret != (int)s->nr_msrs)

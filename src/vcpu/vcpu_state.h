@@ -15,7 +15,7 @@
 struct vcpu_state {
 	struct kvm_mp_state mp_state;
 	struct kvm_regs regs;
-	bool have_sregs2;
+	uint8_t have_sregs2; /* which of sregs/sregs2 is valid */
 	struct kvm_sregs sregs;
 	struct kvm_sregs2 sregs2;
 	uint32_t xsave_len; /* bytes valid in xsave */
@@ -36,6 +36,13 @@ struct vm_kvm_state {
 
 struct vcpu;
 struct vm;
+struct state_desc;
+
+/* Stream tables: section "vcpu/N" and sections "irqchip", "pit", "clock". */
+extern const struct state_desc vcpu_state_desc;
+extern const struct state_desc irqchip_state_desc;
+extern const struct state_desc pit_state_desc;
+extern const struct state_desc clock_state_desc;
 
 /* Indices of the MSRs that can be read on this host (KVM_GET_MSR_INDEX_LIST
  * filtered by a probe read), computed once per VM. */

@@ -316,22 +316,28 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		ret = -ENOTSUP;
 		goto out_free;
 	}
-	ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, err, errlen);
+	if (cfg->restoring && cfg->restore_ram_fd >= 0)
+		ret = mem_open_private(&vm->mem, cfg->restore_ram_fd, cfg->restore_ram_off,
+				       cfg->mem_size, err, errlen);
+	else
+		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, err, errlen);
 	if (ret < 0)
 		goto out_free;
-	/* Check the image before creating anything in the kernel. */
-	ret = pvh_load_kernel(&vm->mem, cfg->kernel, &vm->entry, err, errlen);
-	if (ret < 0)
-		goto out_free;
-	if (cfg->initrd) {
-		ret = vm_load_initrd(vm, err, errlen);
+	if (!cfg->restoring) {
+		/* Check the image before creating anything in the kernel. */
+		ret = pvh_load_kernel(&vm->mem, cfg->kernel, &vm->entry, err, errlen);
 		if (ret < 0)
 			goto out_free;
-	}
-	rsdp = acpi_build(&vm->mem, cfg->nr_cpus);
-	if (!rsdp || pvh_setup_start_info(&vm->mem, cfg->cmdline, rsdp) < 0) {
-		ret = vm_fail(err, errlen, -EINVAL, "cannot write boot information");
-		goto out_free;
+		if (cfg->initrd) {
+			ret = vm_load_initrd(vm, err, errlen);
+			if (ret < 0)
+				goto out_free;
+		}
+		rsdp = acpi_build(&vm->mem, cfg->nr_cpus);
+		if (!rsdp || pvh_setup_start_info(&vm->mem, cfg->cmdline, rsdp) < 0) {
+			ret = vm_fail(err, errlen, -EINVAL, "cannot write boot information");
+			goto out_free;
+		}
 	}
 	ret = cpuid_get_supported(vm->kvm_fd, &vm->cpuid);
 	if (ret < 0) {
@@ -404,7 +410,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		vm_fail(err, errlen, ret, "KVM_GET_MSR_INDEX_LIST");
 		goto out_free;
 	}
-	ret = x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
+	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
 		goto out_free;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cpr/migrate.h"
 #include "dev/chardev.h"
 #include "dev/serial.h"
 #include "lib/loop.h"
@@ -53,6 +54,7 @@ struct vm {
 	bool stop_req;
 	int nr_parked;
 
+	struct migration migration;
 	enum vm_run_state state;
 	bool guest_event_posted; /* shutdown or crash already reported */
 	vm_event_fn event_fn;

@@ -1,0 +1,83 @@
+/* migrate.c — see migrate.h. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cpr/migrate.h"
+#include "cpr/snapshot.h"
+#include "lib/log.h"
+#include "vm/vm_priv.h"
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+struct migration *vm_migration(struct vm *vm)
+{
+	return &vm->migration;
+}
+
+static void migrate_event(struct vm *vm, const char *status)
+{
+	char data[64];
+
+	snprintf(data, sizeof(data), "{\"status\": \"%s\"}", status);
+	if (vm->event_fn)
+		vm->event_fn(vm->event_opaque, "MIGRATION", data);
+}
+
+int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
+{
+	struct migration *mig = &vm->migration;
+	bool was_running = vm->state == RUN_STATE_RUNNING;
+	int64_t t0 = now_us(), t_stop;
+	struct stat st;
+	int ret;
+
+	if (strncmp(uri, "file:", 5) || !uri[5]) {
+		snprintf(err, errlen, "migration URI '%s' is not supported yet (use file:PATH)", uri);
+		return -ENOTSUP;
+	}
+	if (vm->state != RUN_STATE_RUNNING && vm->state != RUN_STATE_PAUSED &&
+	    vm->state != RUN_STATE_POSTMIGRATE) {
+		snprintf(err, errlen, "cannot migrate a VM in state '%s'",
+			 vm_run_state_name(vm->state));
+		return -EINVAL;
+	}
+	memset(mig->error, 0, sizeof(mig->error));
+	mig->status = "setup";
+	migrate_event(vm, "setup");
+	t_stop = now_us();
+	ret = vm_pause(vm);
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot stop the VM: %s", strerror(-ret));
+		goto out_fail;
+	}
+	migrate_event(vm, "active");
+	ret = snapshot_save(vm, uri + 5, mig->ignore_shared, err, errlen);
+	if (ret < 0)
+		goto out_fail;
+	mig->downtime_us = now_us() - t_stop;
+	mig->total_ms_x1000 = now_us() - t0;
+	mig->setup_us = t_stop - t0;
+	mig->total = vm->mem.size;
+	mig->transferred = stat(uri + 5, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+	mig->status = "completed";
+	vm->state = RUN_STATE_POSTMIGRATE;
+	migrate_event(vm, "completed");
+	return 0;
+out_fail:
+	snprintf(mig->error, sizeof(mig->error), "%s", err);
+	mig->status = "failed";
+	migrate_event(vm, "failed");
+	/* A failed outgoing migration leaves the source as it was. */
+	if (was_running && vm->state == RUN_STATE_PAUSED)
+		vm_resume(vm);
+	return ret;
+}

@@ -1,0 +1,44 @@
+/* snapshot.h — VM state to a file and back ("when and over what" for the
+ * file transport). The bytes are state/'s stream; this file wraps it in a
+ * container that also holds the RAM of a full snapshot:
+ *
+ *   offset 0      container header (one 4 KiB page)
+ *     0  u8[8]  magic "CPRVMSNP"
+ *     8  u32    container version (1)
+ *     12 u32    flags (bit 0: RAM is in this file)
+ *     16 u64    stream offset (4096)
+ *     24 u64    stream length
+ *     32 u64    RAM offset (2 MiB aligned; 0 when RAM is not in this file)
+ *     40 u64    RAM length
+ *     48 u32    CRC32C of bytes 0..47
+ *   4096          the state stream (docs/stream-format.md)
+ *   RAM offset    guest RAM as laid out in the memfd (low RAM, then RAM
+ *                 above 4 GiB), zero pages left as holes: the file is sparse
+ *                 and restore maps it MAP_PRIVATE instead of reading it.
+ */
+#ifndef CPRVM_SNAPSHOT_H
+#define CPRVM_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vm/config.h"
+
+struct vm;
+struct snapshot;
+
+/* VM paused. bypass: RAM stays in the --mem-path file, only device state is
+ * written. Written to PATH.tmp then renamed: a failure leaves no file. */
+int snapshot_save(struct vm *vm, const char *path, bool bypass, char *err, size_t errlen);
+
+/* Reads and validates a whole snapshot (container, stream, every section,
+ * the configuration against cfg) without touching any VM. On success
+ * cfg->restore_* tell vm_create where RAM comes from. */
+int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out, char *err,
+		  size_t errlen);
+/* Applies a validated snapshot to a VM built by vm_create(cfg). */
+int snapshot_apply(struct snapshot *s, struct vm *vm, char *err, size_t errlen);
+void snapshot_free(struct snapshot *s);
+
+#endif
