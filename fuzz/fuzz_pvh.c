@@ -114,7 +114,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	char err[256] = "";
 
-	if (mem_open(&ram, FUZZ_RAM, NULL, err, sizeof(err)))
+	if (mem_open(&ram, FUZZ_RAM, NULL, true, err, sizeof(err)))
 		fuzz_die("mem_open", err);
 	for (int i = 1; i < *argc; i++)
 		if (!strncmp((*argv)[i], "--write-seeds=", 14)) {

@@ -32,7 +32,8 @@ static const char usage_text[] =
 	"                       unix:PATH (listening; one client at a time)\n"
 	"  --qmp PATH           QMP server on a unix socket (mode 0600)\n"
 	"  --incoming URI       load state instead of booting: file:PATH (a snapshot\n"
-	"                       written by QMP migrate), then run the guest\n"
+	"                       written by QMP migrate), then run the guest; or defer:\n"
+	"                       wait for QMP migrate-incoming\n"
 	"  --name NAME          a name for this VM (shown in messages)\n"
 	"  -v, --verbose        more messages on stderr (repeat for debug)\n"
 	"  -h, --help           this help\n"
@@ -132,8 +133,12 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 		die("--memory must be at least %lluM", CPRVM_MIN_MEM >> 20);
 	if (cfg->cmdline && strlen(cfg->cmdline) > CPRVM_MAX_CMDLINE)
 		die("--cmdline is longer than %d bytes", CPRVM_MAX_CMDLINE);
-	if (cfg->incoming && strncmp(cfg->incoming, "file:", 5))
-		die("--incoming '%s' is not supported yet (use file:PATH)", cfg->incoming);
+	if (cfg->incoming && strncmp(cfg->incoming, "file:", 5) && strcmp(cfg->incoming, "defer"))
+		die("--incoming '%s' is not supported yet (use file:PATH or defer)", cfg->incoming);
+	if (cfg->incoming && !strcmp(cfg->incoming, "defer") && !cfg->qmp_path)
+		die("--incoming defer needs --qmp (state arrives with QMP migrate-incoming)");
+	if (cfg->incoming)
+		cfg->restoring = 1;
 	if (cfg->qmp_path && strlen(cfg->qmp_path) >= 108)
 		die("--qmp path is too long (max 107 bytes): %s", cfg->qmp_path);
 	log_set_level(verbose >= 2 ? LOG_DEBUG : verbose ? LOG_INFO : LOG_WARN);
@@ -189,7 +194,7 @@ int main(int argc, char **argv)
 			die("%s", err);
 	}
 	/* Incoming state is read and validated whole before any VM exists. */
-	if (cfg.incoming) {
+	if (cfg.incoming && strcmp(cfg.incoming, "defer")) {
 		ret = snapshot_open(cfg.incoming + 5, &cfg, &snap, err, sizeof(err));
 		if (ret < 0) {
 			qmp_server_free(qmp);
@@ -219,7 +224,12 @@ int main(int argc, char **argv)
 	if (m.sfd >= 0)
 		loop_add_fd(loop, m.sfd, EPOLLIN, on_signal, &m);
 
-	ret = vm_start(m.vm);
+	if (cfg.incoming && !strcmp(cfg.incoming, "defer")) {
+		vm_set_inmigrate(m.vm);
+		ret = 0;
+	} else {
+		ret = vm_start(m.vm);
+	}
 	if (ret < 0) {
 		pr_err("cannot start vCPUs: %s", strerror(-ret));
 		status = 1;

@@ -30,7 +30,8 @@ static int mem_fail(char *err, size_t errlen, int ret, const char *msg, const ch
 	return ret;
 }
 
-int mem_open(struct guest_mem *m, uint64_t size, const char *path, char *err, size_t errlen)
+int mem_open(struct guest_mem *m, uint64_t size, const char *path, bool may_create, char *err,
+	     size_t errlen)
 {
 	uint64_t total = host_mem_total();
 	struct stat st;
@@ -66,7 +67,7 @@ int mem_open(struct guest_mem *m, uint64_t size, const char *path, char *err, si
 			goto out_close;
 		}
 		m->fd = open(path, O_RDWR | O_CLOEXEC);
-		if (m->fd < 0 && errno == ENOENT) {
+		if (m->fd < 0 && errno == ENOENT && may_create) {
 			m->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 			m->created = m->fd >= 0;
 		}
@@ -169,6 +170,19 @@ int mem_register(struct guest_mem *m, int vmfd)
 	if (ioctl(vmfd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
 		return -errno;
 	return 0;
+}
+
+void mem_unregister(struct guest_mem *m, int vmfd)
+{
+	struct kvm_userspace_memory_region r = { .slot = 0 };
+
+	/* A slot is deleted by giving it size 0. */
+	ioctl(vmfd, KVM_SET_USER_MEMORY_REGION, &r);
+	if (m->high_size) {
+		r.slot = 1;
+		r.guest_phys_addr = CPRVM_HIGH_MEM_BASE;
+		ioctl(vmfd, KVM_SET_USER_MEMORY_REGION, &r);
+	}
 }
 
 void *mem_gpa_to_hva(struct guest_mem *m, uint64_t gpa, uint64_t len)

@@ -27,8 +27,10 @@ struct guest_mem {
 	bool private_map;   /* MAP_PRIVATE over a snapshot: not shareable */
 };
 
-/* Opens/creates and maps. On error returns -errno and a message in err. */
-int mem_open(struct guest_mem *m, uint64_t size, const char *path, char *err, size_t errlen);
+/* Opens (creates, if may_create) and maps. On error returns -errno and a
+ * message in err. A restore never creates: its RAM file must exist. */
+int mem_open(struct guest_mem *m, uint64_t size, const char *path, bool may_create, char *err,
+	     size_t errlen);
 /* Maps size bytes of fd at offset MAP_PRIVATE: pages load on demand from
  * the file, guest writes stay private (restoring a full snapshot). */
 int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size, char *err,
@@ -36,6 +38,8 @@ int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size
 /* Registers the memslots with KVM (do it before KVM_CREATE_IRQCHIP: see
  * MEASURED.md, a memslot added afterwards costs ~6.5 ms more). */
 int mem_register(struct guest_mem *m, int vmfd);
+/* Removes the memslots (before replacing guest RAM; no vCPU may run). */
+void mem_unregister(struct guest_mem *m, int vmfd);
 /* Host pointer for [gpa, gpa+len) or NULL if any part is not RAM. */
 void *mem_gpa_to_hva(struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Unmaps and closes. If remove_created and we created the file, unlink it. */

@@ -168,6 +168,23 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 	return NULL;
 }
 
+static json_t *qmp_cmd_migrate_incoming(struct qmp_req *req, json_t *args, void *opaque)
+{
+	static const char *const allowed[] = { "uri", NULL };
+	json_t *uri = args ? json_object_get(args, "uri") : NULL;
+	char err[512];
+
+	if (!qmp_args_check(req, args, allowed))
+		return NULL;
+	if (!json_is_string(uri)) {
+		qmp_req_error(req, QMP_ERR_GENERIC, "Parameter 'uri' is missing");
+		return NULL;
+	}
+	if (vm_incoming(opaque, json_string_value(uri), err, sizeof(err)) < 0)
+		qmp_req_error(req, QMP_ERR_GENERIC, "%s", err);
+	return NULL;
+}
+
 static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *opaque)
 {
 	struct migration *mig = vm_migration(opaque);
@@ -223,6 +240,7 @@ int qmp_commands_register(struct qmp_server *s, struct vm *vm)
 	    {"query-version", qmp_cmd_query_version},
 	    {"migrate", qmp_cmd_migrate},
 	    {"query-migrate", qmp_cmd_query_migrate},
+	    {"migrate-incoming", qmp_cmd_migrate_incoming},
 	    {"migrate-set-capabilities", qmp_cmd_migrate_set_capabilities},
 	    {"query-migrate-capabilities", qmp_cmd_query_migrate_capabilities},
 	};

@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "cpr/snapshot.h"
 #include "dev/pm.h"
 #include "lib/log.h"
 #include "vcpu/vcpu_state.h"
@@ -254,6 +255,63 @@ void vm_quit(struct vm *vm, int status, const char *reason, bool guest)
 	loop_quit(vm->loop, status);
 }
 
+void vm_set_inmigrate(struct vm *vm)
+{
+	vm->state = RUN_STATE_INMIGRATE;
+}
+
+int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
+{
+	struct vm_config cfg = vm->cfg;
+	struct snapshot *snap = NULL;
+	struct guest_mem mem;
+	int ret;
+
+	if (vm->state != RUN_STATE_INMIGRATE) {
+		snprintf(err, errlen, "the VM is not waiting for incoming state (state '%s')",
+			 vm_run_state_name(vm->state));
+		return -EINVAL;
+	}
+	if (strncmp(uri, "file:", 5) || !uri[5]) {
+		snprintf(err, errlen, "incoming URI '%s' is not supported yet (use file:PATH)", uri);
+		return -ENOTSUP;
+	}
+	cfg.restore_ram_fd = -1;
+	ret = snapshot_open(uri + 5, &cfg, &snap, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (cfg.restore_ram_fd >= 0) {
+		/* A full snapshot brings its own RAM: swap it in. The vCPUs
+		 * have never run, so the memslots may change. */
+		ret = mem_open_private(&mem, cfg.restore_ram_fd, cfg.restore_ram_off, cfg.mem_size,
+				       err, errlen);
+		if (ret < 0)
+			goto out;
+		mem_unregister(&vm->mem, vm->vm_fd);
+		ret = mem_register(&mem, vm->vm_fd);
+		if (ret < 0) {
+			mem_unregister(&mem, vm->vm_fd);
+			mem_close(&mem, false);
+			mem_register(&vm->mem, vm->vm_fd);
+			snprintf(err, errlen, "cannot register the snapshot's RAM: %s", strerror(-ret));
+			goto out;
+		}
+		mem_close(&vm->mem, true);
+		vm->mem = mem;
+	}
+	ret = snapshot_apply(snap, vm, err, errlen);
+	if (ret < 0)
+		goto out;
+	ret = vm_start(vm);
+	if (ret < 0)
+		snprintf(err, errlen, "cannot start vCPUs: %s", strerror(-ret));
+	else
+		vm_emit(vm, "RESUME", NULL);
+out:
+	snapshot_free(snap);
+	return ret;
+}
+
 int vm_start(struct vm *vm)
 {
 	int ret;
@@ -320,7 +378,8 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		ret = mem_open_private(&vm->mem, cfg->restore_ram_fd, cfg->restore_ram_off,
 				       cfg->mem_size, err, errlen);
 	else
-		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, err, errlen);
+		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, !cfg->restoring, err,
+			       errlen);
 	if (ret < 0)
 		goto out_free;
 	if (!cfg->restoring) {

@@ -33,6 +33,12 @@ typedef void (*vm_event_fn)(void *opaque, const char *event, const char *data_js
  * nothing behind (a --mem-path file it created is removed). */
 int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
 	      size_t errlen);
+/* --incoming defer: the VM waits in state inmigrate. Loads a snapshot
+ * (file:PATH) into it and starts the guest; on failure the VM stays as it
+ * was, waiting. */
+int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen);
+/* --incoming defer: built, not started, waiting for vm_incoming(). */
+void vm_set_inmigrate(struct vm *vm);
 /* Starts the vCPU threads; the guest runs. */
 int vm_start(struct vm *vm);
 /* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */

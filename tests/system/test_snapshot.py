@@ -270,3 +270,35 @@ def test_refuses_bad_snapshots(tmp_path, bypass_snapshot):
     # Not a snapshot at all.
     assert "magic" in try_restore(tmp_path, b"hello world\n" * 100, ram)
     assert "truncated" in try_restore(tmp_path, b"", ram)
+
+
+@pytest.mark.parametrize("mode", ["full", "bypass"])
+def test_incoming_defer(vms, tmp_path, mode):
+    ram = str(tmp_path / "guest.ram") if mode == "bypass" else None
+    vm = boot(vms, 1, mem_path=ram)
+    save(vm, tmp_path / "snap", bypass=(mode == "bypass"))
+    before = bytes(vm.serial.raw)
+    vm.quit()
+    vm2 = vms(cmdline=CMDLINE, memory="512M", serial="stdio", mem_path=ram,
+              extra=["--incoming", "defer"])
+    q = vm2.qmp()
+    assert q.ok("query-status")["status"] == "inmigrate"
+    assert "error" in q.cmd("cont")
+    # A bad file is refused and the VM keeps waiting, untouched.
+    (tmp_path / "junk").write_bytes(b"junk" * 1000)
+    r = q.cmd("migrate-incoming", uri="file:" + str(tmp_path / "junk"))
+    assert "magic" in r["error"]["desc"]
+    assert "error" in q.cmd("migrate-incoming", uri="tcp:1.2.3.4:5")
+    assert q.ok("query-status")["status"] == "inmigrate"
+    q.ok("migrate-incoming", uri="file:" + str(tmp_path / "snap"))
+    assert q.ok("query-status")["status"] == "running"
+    assert_guest_healthy(vm2, 1)
+    assert_continues(before, vm2.serial.raw)
+    assert "error" in q.cmd("migrate-incoming", uri="file:" + str(tmp_path / "snap"))
+    assert vm2.quit() == 0
+
+
+def test_incoming_defer_needs_qmp(tmp_path):
+    p = subprocess.run([CPRVM, "--kernel", GUEST, "--incoming", "defer"], capture_output=True,
+                       timeout=20, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and b"--qmp" in p.stderr

@@ -103,7 +103,7 @@ static int group_setup(void **state)
 	char err[256] = "";
 
 	(void)state;
-	if (mem_open(&ram, RAM_SIZE, NULL, err, sizeof(err))) {
+	if (mem_open(&ram, RAM_SIZE, NULL, true, err, sizeof(err))) {
 		fprintf(stderr, "mem_open: %s\n", err);
 		return -1;
 	}
@@ -289,7 +289,7 @@ static void refuses_tiny_ram(void **state)
 	char err[256];
 
 	(void)state;
-	assert_int_equal(mem_open(&m, 0xe0000, NULL, err, sizeof(err)), 0);
+	assert_int_equal(mem_open(&m, 0xe0000, NULL, true, err, sizeof(err)), 0);
 	assert_int_equal(acpi_build(&m, 1), 0);
 	mem_close(&m, false);
 }

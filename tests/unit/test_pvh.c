@@ -97,7 +97,7 @@ static void mem_new(struct guest_mem *m, uint64_t size)
 {
 	char err[ERRLEN] = "";
 
-	if (mem_open(m, size, NULL, err, sizeof(err)))
+	if (mem_open(m, size, NULL, true, err, sizeof(err)))
 		fail_msg("mem_open(%llu): %s", (unsigned long long)size, err);
 }
 
@@ -344,7 +344,7 @@ static int group_setup(void **state)
 	char err[ERRLEN] = "";
 
 	(void)state;
-	if (mem_open(&ram, RAM_SIZE, NULL, err, sizeof(err))) {
+	if (mem_open(&ram, RAM_SIZE, NULL, true, err, sizeof(err))) {
 		fprintf(stderr, "mem_open: %s\n", err);
 		return -1;
 	}
