@@ -1,5 +1,5 @@
 # cprvm — one non-recursive Makefile.
-#   make            build cprvm, cprctl and the test guest
+#   make            build cprvm, cprctl, cprvm-stream and the test guest
 #   make check      unit tests (cmocka) + system tests (pytest, real VMs)
 #   make demo       boot the test guest, show heartbeats, stop/cont over QMP, quit
 #   make bench      benchmarks (JSON lines)
@@ -33,7 +33,7 @@ endif
 
 SETUP_STAMP := $(BUILD)/.setup-done
 
-all: $(BUILD)/cprvm $(BUILD)/cprctl $(BUILD)/guest/guest.elf
+all: $(BUILD)/cprvm $(BUILD)/cprctl $(BUILD)/cprvm-stream $(BUILD)/guest/guest.elf
 
 # --- dependencies from Debian, installed when missing -------------------------
 $(SETUP_STAMP): scripts/setup.sh
@@ -51,6 +51,10 @@ CPRVM_OBJS := $(CPRVM_SRCS:%.c=$(BUILD)/%.o)
 CPRCTL_SRCS := tools/cprctl.c $(LIB_SRCS)
 CPRCTL_OBJS := $(CPRCTL_SRCS:%.c=$(BUILD)/%.o)
 
+# The stream inspector needs every state table, so it links the core as the
+# unit tests do (it never creates a VM).
+CORE_OBJS := $(filter-out $(BUILD)/src/main.o,$(CPRVM_OBJS))
+
 $(BUILD)/%.o: %.c | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
@@ -61,6 +65,10 @@ $(BUILD)/cprvm: $(CPRVM_OBJS)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
 
 $(BUILD)/cprctl: $(CPRCTL_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
+
+$(BUILD)/cprvm-stream: $(BUILD)/tools/cprvm-stream.o $(CORE_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
 

@@ -5,10 +5,13 @@
  * One connection per run: greeting, qmp_capabilities, one command, exit.
  * Events that arrive meanwhile are skipped; replies are matched by id.
  * Commands live in ctl_cmds[]: a name, the QMP command it runs, how it builds
- * the arguments and how it prints the result. Add snapshot, migrate, ... there.
+ * the arguments and how it prints the result; a verb that needs several QMP
+ * commands (snapshot) has a run() of its own instead.
  * Exit codes are a promise to scripts; see usage(). */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -38,6 +41,7 @@ struct ctl {
 	int fd;
 	int timeout_ms; /* per reply; -1: wait forever */
 	bool json;
+	bool bypass; /* snapshot --bypass */
 	char *buf;
 	size_t len, cap;
 };
@@ -54,6 +58,8 @@ static void __attribute__((noreturn, format(printf, 2, 3))) ctl_die(int code, co
 	exit(code);
 }
 
+static json_t *ctl_execute(struct ctl *c, const char *execute, json_t *args, const char *id);
+
 /* ---- commands --------------------------------------------------------- */
 
 struct ctl_cmd {
@@ -66,6 +72,9 @@ struct ctl_cmd {
 	int (*build)(int argc, char **argv, const char **execute, json_t **args);
 	/* Optional: prints the "return" value for people. */
 	void (*print)(json_t *ret);
+	/* Optional, instead of execute/build/print: runs the verb on a
+	 * negotiated connection and prints; returns the exit code. */
+	int (*run)(struct ctl *c, int argc, char **argv);
 };
 
 static void print_status(json_t *ret)
@@ -113,15 +122,127 @@ static int build_raw(int argc, char **argv, const char **execute, json_t **args)
 	return 0;
 }
 
+static double ms_of_us(json_t *us)
+{
+	return (double)json_integer_value(us) / 1000.0;
+}
+
+/* query-migrate for people: what the last snapshot/migration did. */
+static void print_migrate_status(json_t *ret)
+{
+	const char *st = json_string_value(json_object_get(ret, "status"));
+	json_t *ram = json_object_get(ret, "ram");
+
+	if (!st) {
+		printf("no migration or snapshot has run\n");
+		return;
+	}
+	if (!strcmp(st, "failed")) {
+		printf("failed: %s\n",
+		       json_string_value(json_object_get(ret, "error-desc")) ?: "unknown error");
+		return;
+	}
+	if (strcmp(st, "completed")) {
+		printf("%s\n", st);
+		return;
+	}
+	printf("completed: downtime %.1f ms, total %.1f ms",
+	       ms_of_us(json_object_get(ret, "x-downtime-us")),
+	       ms_of_us(json_object_get(ret, "x-total-time-us")));
+	if (ram)
+		printf(", RAM %" PRIu64 " MiB, %.1f MiB written",
+		       (uint64_t)json_integer_value(json_object_get(ram, "total")) >> 20,
+		       (double)json_integer_value(json_object_get(ram, "transferred")) / (1 << 20));
+	printf("\n");
+}
+
+/* snapshot PATH [--bypass]: x-ignore-shared on or off, migrate to file:PATH,
+ * then query-migrate for the pause. PATH is made absolute here: cprvm's
+ * working directory need not be ours. */
+static char *file_uri(const char *verb, const char *path)
+{
+	char cwd[PATH_MAX], *uri;
+	int n;
+
+	if (path[0] == '/') {
+		n = asprintf(&uri, "file:%s", path);
+	} else {
+		if (!getcwd(cwd, sizeof(cwd)))
+			ctl_die(EXIT_USAGE, "%s: cannot make '%s' absolute: %s", verb, path,
+				strerror(errno));
+		n = asprintf(&uri, "file:%s/%s", cwd, path);
+	}
+	if (n < 0)
+		ctl_die(EXIT_CONNECT, "out of memory");
+	return uri;
+}
+
+static int run_snapshot(struct ctl *c, int argc, char **argv)
+{
+	char *uri = file_uri("snapshot", argv[0]);
+	json_t *caps, *margs, *st;
+	double ms;
+
+	(void)argc;
+	caps = json_pack("{s[{sssb}]}", "capabilities", "capability", "x-ignore-shared", "state",
+			 (int)c->bypass);
+	json_decref(ctl_execute(c, "migrate-set-capabilities", caps, "cprctl-caps"));
+	json_decref(caps);
+	margs = json_pack("{ss}", "uri", uri);
+	json_decref(ctl_execute(c, "migrate", margs, "cprctl-migrate"));
+	json_decref(margs);
+	st = ctl_execute(c, "query-migrate", NULL, "cprctl-query");
+	if (strcmp(json_string_value(json_object_get(st, "status")) ?: "", "completed"))
+		ctl_die(EXIT_QMP_ERROR, "snapshot: migration %s: %s",
+			json_string_value(json_object_get(st, "status")) ?: "did not run",
+			json_string_value(json_object_get(st, "error-desc")) ?: "no details");
+	if (c->json) {
+		print_json(st);
+	} else {
+		ms = ms_of_us(json_object_get(st, "x-downtime-us"));
+		printf("snapshot written to %s (%s) in %.1f ms, VM paused\n", uri + 5,
+		       c->bypass ? "bypass: device state only" : "full: device state and RAM", ms);
+	}
+	json_decref(st);
+	free(uri);
+	return EXIT_OK;
+}
+
+/* restore PATH: into a cprvm waiting with --incoming defer. */
+static int run_restore(struct ctl *c, int argc, char **argv)
+{
+	char *uri = file_uri("restore", argv[0]);
+	json_t *args = json_pack("{ss}", "uri", uri);
+
+	(void)argc;
+	json_decref(ctl_execute(c, "migrate-incoming", args, "cprctl-incoming"));
+	json_decref(args);
+	if (!c->json)
+		printf("restored from %s, guest running\n", uri + 5);
+	free(uri);
+	return EXIT_OK;
+}
+
+#define CTL_CMD(_name, _args, _help, _execute, _min, _max, ...)                                 \
+	{ .name = (_name), .args_usage = (_args), .help = (_help), .execute = (_execute),       \
+	  .min_args = (_min), .max_args = (_max), __VA_ARGS__ }
+
 static const struct ctl_cmd ctl_cmds[] = {
-    {"status", "", "print the run state (running, paused, shutdown, ...)", "query-status", 0, 0,
-     NULL, print_status},
-    {"stop", "", "pause the guest's vCPUs", "stop", 0, 0, NULL, NULL},
-    {"cont", "", "resume the guest's vCPUs", "cont", 0, 0, NULL, NULL},
-    {"quit", "", "end cprvm (the guest is gone)", "quit", 0, 0, NULL, NULL},
-    {"version", "", "print cprvm's version", "query-version", 0, 0, NULL, print_version},
-    {"raw", " EXECUTE [ARGUMENTS-JSON]", "run any QMP command, print its return as JSON", NULL, 1,
-     2, build_raw, print_json},
+	CTL_CMD("status", "", "print the run state (running, paused, shutdown, ...)",
+		"query-status", 0, 0, .print = print_status),
+	CTL_CMD("stop", "", "pause the guest's vCPUs", "stop", 0, 0),
+	CTL_CMD("cont", "", "resume the guest's vCPUs", "cont", 0, 0),
+	CTL_CMD("quit", "", "end cprvm (the guest is gone)", "quit", 0, 0),
+	CTL_CMD("version", "", "print cprvm's version", "query-version", 0, 0,
+		.print = print_version),
+	CTL_CMD("snapshot", " PATH [--bypass]", "pause the guest, write a snapshot to PATH", NULL,
+		1, 1, .run = run_snapshot),
+	CTL_CMD("restore", " PATH", "load a snapshot into a cprvm started with --incoming defer",
+		NULL, 1, 1, .run = run_restore),
+	CTL_CMD("migrate-status", "", "what the last snapshot or migration did",
+		"query-migrate", 0, 0, .print = print_migrate_status),
+	CTL_CMD("raw", " EXECUTE [ARGUMENTS-JSON]", "run any QMP command, print its return as JSON",
+		NULL, 1, 2, .build = build_raw, .print = print_json),
 };
 
 static const struct ctl_cmd *ctl_find(const char *name)
@@ -147,8 +268,13 @@ static void usage(FILE *f)
 		   "  --json           print the command's raw QMP return value as JSON\n"
 		   "  --timeout SEC    give up waiting for a reply after SEC seconds\n"
 		   "                   (default 60; 0 waits forever)\n"
+		   "  --bypass         snapshot: x-ignore-shared, device state only\n"
 		   "  -h, --help       show this help\n\n"
-		   "stop, cont and quit print nothing on success.\n\n"
+		   "stop, cont and quit print nothing on success. After snapshot the VM stays\n"
+		   "paused ('cont' resumes it). Restoring a snapshot starts a new cprvm, with the\n"
+		   "options the VM was started with (and its --mem-path for --bypass):\n"
+		   "  cprvm --kernel ... --memory ... --incoming file:PATH\n"
+		   "or, for a cprvm started with --incoming defer --qmp PATH: cprctl restore FILE\n\n"
 		   "Exit status:\n"
 		   "  0  success\n"
 		   "  1  cprvm answered with an error (its message is on stderr)\n"
@@ -289,6 +415,7 @@ int main(int argc, char **argv)
 	    {"qmp", required_argument, NULL, 'q'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"timeout", required_argument, NULL, 't'},
+	    {"bypass", no_argument, NULL, 'b'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -315,6 +442,9 @@ int main(int argc, char **argv)
 			c.timeout_ms = sec ? (int)sec * 1000 : -1;
 			break;
 		}
+		case 'b':
+			c.bypass = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return EXIT_OK;
@@ -331,6 +461,8 @@ int main(int argc, char **argv)
 	nargs = argc - optind - 1;
 	if (nargs < cmd->min_args || nargs > cmd->max_args)
 		ctl_die(EXIT_USAGE, "usage: cprctl --qmp PATH %s%s", cmd->name, cmd->args_usage);
+	if (c.bypass && cmd->run != run_snapshot)
+		ctl_die(EXIT_USAGE, "--bypass is an option of 'snapshot' only");
 	if (!c.path)
 		ctl_die(EXIT_USAGE, "--qmp PATH is required (try 'cprctl --help')");
 	execute = cmd->execute;
@@ -343,6 +475,12 @@ int main(int argc, char **argv)
 		ctl_die(EXIT_CONNECT, "%s does not speak QMP", c.path);
 	json_decref(greeting);
 	json_decref(ctl_execute(&c, "qmp_capabilities", NULL, "cprctl-cap"));
+	if (cmd->run) {
+		int code = cmd->run(&c, nargs, argv + optind + 1);
+		close(c.fd);
+		free(c.buf);
+		return fflush(stdout) == 0 ? code : EXIT_CONNECT;
+	}
 	ret = ctl_execute(&c, execute, args, "cprctl-cmd");
 	if (c.json)
 		print_json(ret);

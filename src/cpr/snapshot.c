@@ -22,15 +22,6 @@
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 
-#define SNAP_MAGIC "CPRVMSNP"
-#define SNAP_VERSION 1
-#define SNAP_F_RAM 0x1
-#define SNAP_HDR_SIZE 4096
-#define SNAP_RAM_ALIGN (2ULL << 20)
-#define SNAP_MAX_STREAM (256ULL << 20)
-
-enum { RAM_IN_SNAPSHOT = 1, RAM_IN_MEM_PATH = 2 };
-
 /* Section "machine": what the VM was, to rebuild and to refuse mismatches. */
 struct machine_state {
 	uint64_t mem_size, low_size, high_size;
@@ -49,7 +40,7 @@ static const struct state_field machine_fields[] = {
 	STATE_FIELD_U32(6, struct machine_state, ram_mode, .flags = STATE_F_REQUIRED),
 	STATE_FIELD_VBYTES(7, struct machine_state, mem_path, mem_path_len),
 };
-static const struct state_desc machine_state_desc = STATE_DESC("machine", 1, 1, machine_fields);
+const struct state_desc machine_state_desc = STATE_DESC("machine", 1, 1, machine_fields);
 
 struct snapshot {
 	int fd;
@@ -66,6 +57,25 @@ static bool snapshot_known(const char *name, void *opaque)
 	(void)opaque;
 	return !strcmp(name, "machine") || !strncmp(name, "vcpu/", 5) || !strcmp(name, "irqchip") ||
 	       !strcmp(name, "pit") || !strcmp(name, "clock") || !strcmp(name, "serial/0");
+}
+
+const struct state_desc *snapshot_desc_for(const char *section, void *opaque)
+{
+	(void)opaque;
+	if (!strcmp(section, "machine"))
+		return &machine_state_desc;
+	if (!strncmp(section, "vcpu/", 5) && section[5] && strspn(section + 5, "0123456789") ==
+	    strlen(section + 5))
+		return &vcpu_state_desc;
+	if (!strcmp(section, "irqchip"))
+		return &irqchip_state_desc;
+	if (!strcmp(section, "pit"))
+		return &pit_state_desc;
+	if (!strcmp(section, "clock"))
+		return &clock_state_desc;
+	if (!strcmp(section, "serial/0"))
+		return &serial_state_desc;
+	return NULL;
 }
 
 /* --- save ---------------------------------------------------------------- */

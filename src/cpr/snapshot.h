@@ -25,8 +25,27 @@
 
 #include "vm/config.h"
 
+#define SNAP_MAGIC "CPRVMSNP"
+#define SNAP_VERSION 1
+#define SNAP_F_RAM 0x1 /* container flags */
+#define SNAP_HDR_SIZE 4096
+#define SNAP_RAM_ALIGN (2ULL << 20)
+#define SNAP_MAX_STREAM (256ULL << 20)
+
+/* Section "machine", field ram_mode: where guest RAM is. */
+enum { RAM_IN_SNAPSHOT = 1, RAM_IN_MEM_PATH = 2 };
+
 struct vm;
 struct snapshot;
+struct state_desc;
+
+/* Section "machine" (RAM size and layout, vCPU count, where RAM lives). */
+extern const struct state_desc machine_state_desc;
+
+/* The table for a section of a snapshot's stream ("machine", "vcpu/N",
+ * "irqchip", "pit", "clock", "serial/0"), NULL for a name this version does
+ * not know. The shape stream_describe() takes, for cprvm-stream. */
+const struct state_desc *snapshot_desc_for(const char *section, void *opaque);
 
 /* VM paused. bypass: RAM stays in the --mem-path file, only device state is
  * written. Written to PATH.tmp then renamed: a failure leaves no file. */
