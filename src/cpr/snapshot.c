@@ -22,15 +22,6 @@
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 
-/* Section "machine": what the VM was, to rebuild and to refuse mismatches. */
-struct machine_state {
-	uint64_t mem_size, low_size, high_size;
-	uint32_t nr_cpus, tsc_khz;
-	uint32_t ram_mode;
-	uint32_t mem_path_len;
-	char mem_path[512];
-};
-
 static const struct state_field machine_fields[] = {
 	STATE_FIELD_U64(1, struct machine_state, mem_size, .flags = STATE_F_REQUIRED),
 	STATE_FIELD_U64(2, struct machine_state, low_size, .flags = STATE_F_REQUIRED),
@@ -42,19 +33,13 @@ static const struct state_field machine_fields[] = {
 };
 const struct state_desc machine_state_desc = STATE_DESC("machine", 1, 1, machine_fields);
 
-struct snapshot {
-	int fd;
-	struct machine_state machine;
-	struct vcpu_state *vcpus;
-	uint32_t nr_vcpus;
-	struct vm_kvm_state kvm;
-	struct serial_state serial;
-};
 
 /* Every section this version knows, for stream_check_known. */
 static bool snapshot_known(const char *name, void *opaque)
 {
-	(void)opaque;
+	/* Live update adds the fd registry and the serial backend's buffer. */
+	if (opaque && (!strcmp(name, "cpr") || !strcmp(name, "chardev/serial0")))
+		return true;
 	return !strcmp(name, "machine") || !strncmp(name, "vcpu/", 5) || !strcmp(name, "irqchip") ||
 	       !strcmp(name, "pit") || !strcmp(name, "clock") || !strcmp(name, "serial/0");
 }
@@ -80,20 +65,14 @@ const struct state_desc *snapshot_desc_for(const char *section, void *opaque)
 
 /* --- save ---------------------------------------------------------------- */
 
-static int snapshot_build_stream(struct vm *vm, const struct machine_state *ms, struct sbuf *b)
+int snapshot_put_devices(struct vm *vm, struct sbuf *b)
 {
 	struct vm_kvm_state kvm;
 	struct serial_state ser;
 	struct vcpu_state *vs;
 	char name[32];
-	int ret;
+	int ret = 0;
 
-	ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR, CPRVM_VERSION_MICRO);
-	if (ret < 0)
-		return ret;
-	ret = stream_put_state(b, "machine", &machine_state_desc, ms, STREAM_SEC_REQUIRED);
-	if (ret < 0)
-		return ret;
 	vs = malloc(sizeof(*vs));
 	if (!vs)
 		return -ENOMEM;
@@ -115,12 +94,40 @@ static int snapshot_build_stream(struct vm *vm, const struct machine_state *ms, 
 		goto out;
 	serial_save(vm->serial, &ser);
 	ret = stream_put_state(b, "serial/0", &serial_state_desc, &ser, STREAM_SEC_REQUIRED);
-	if (ret < 0)
-		goto out;
-	ret = stream_writer_end(b);
 out:
 	free(vs);
 	return ret;
+}
+
+void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode)
+{
+	memset(ms, 0, sizeof(*ms));
+	ms->mem_size = vm->mem.size;
+	ms->low_size = vm->mem.low_size;
+	ms->high_size = vm->mem.high_size;
+	ms->nr_cpus = vm->nr_vcpus;
+	ms->tsc_khz = vm->tsc_khz;
+	ms->ram_mode = ram_mode;
+	if (vm->mem.path && strlen(vm->mem.path) <= sizeof(ms->mem_path)) {
+		ms->mem_path_len = strlen(vm->mem.path);
+		memcpy(ms->mem_path, vm->mem.path, ms->mem_path_len);
+	}
+}
+
+static int snapshot_build_stream(struct vm *vm, const struct machine_state *ms, struct sbuf *b)
+{
+	int ret;
+
+	ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR, CPRVM_VERSION_MICRO);
+	if (ret < 0)
+		return ret;
+	ret = stream_put_state(b, "machine", &machine_state_desc, ms, STREAM_SEC_REQUIRED);
+	if (ret < 0)
+		return ret;
+	ret = snapshot_put_devices(vm, b);
+	if (ret < 0)
+		return ret;
+	return stream_writer_end(b);
 }
 
 static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
@@ -208,20 +215,10 @@ int snapshot_save(struct vm *vm, const char *path, bool bypass, char *err, size_
 		snprintf(err, errlen, "snapshot path is too long");
 		return -ENAMETOOLONG;
 	}
-	ms.mem_size = vm->mem.size;
-	ms.low_size = vm->mem.low_size;
-	ms.high_size = vm->mem.high_size;
-	ms.nr_cpus = vm->nr_vcpus;
-	ms.tsc_khz = vm->tsc_khz;
-	ms.ram_mode = bypass ? RAM_IN_MEM_PATH : RAM_IN_SNAPSHOT;
-	if (bypass) {
-		size_t n = strlen(vm->mem.path);
-		if (n > sizeof(ms.mem_path)) {
-			snprintf(err, errlen, "--mem-path is too long to record");
-			return -ENAMETOOLONG;
-		}
-		memcpy(ms.mem_path, vm->mem.path, n);
-		ms.mem_path_len = n;
+	snapshot_machine(vm, &ms, bypass ? RAM_IN_MEM_PATH : RAM_IN_SNAPSHOT);
+	if (bypass && !ms.mem_path_len) {
+		snprintf(err, errlen, "--mem-path is too long to record");
+		return -ENAMETOOLONG;
 	}
 	ret = snapshot_build_stream(vm, &ms, &b);
 	if (ret < 0) {
@@ -305,6 +302,103 @@ static int snap_err(char *err, size_t errlen, int ret, const char *path, const c
 	return ret;
 }
 
+static int load_err(char *err, size_t errlen, int ret, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int load_err(char *err, size_t errlen, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *cfg, bool cpr,
+			 struct snapshot *s, struct stream_index *idxp, char *err, size_t errlen)
+{
+	struct stream_index idx = { 0 };
+	bool have_idx = false;
+	char why[400];
+	int ret;
+
+	ret = stream_parse(stream, slen, &idx, why, sizeof(why));
+	if (ret < 0) {
+		load_err(err, errlen, ret, "%s", why);
+		goto out_free;
+	}
+	have_idx = true;
+	ret = stream_check_known(&idx, snapshot_known, cpr ? (void *)1 : NULL, why, sizeof(why));
+	if (ret < 0) {
+		load_err(err, errlen, ret, "%s", why);
+		goto out_free;
+	}
+	ret = stream_get_state(&idx, "machine", &machine_state_desc, &s->machine, why, sizeof(why));
+	if (ret < 0) {
+		load_err(err, errlen, ret, "%s", ret == -ENOENT ? "no 'machine' section" : why);
+		goto out_free;
+	}
+	/* The configuration must match: a snapshot is not a different VM. */
+	if (s->machine.mem_size != cfg->mem_size) {
+		ret = load_err(err, errlen, -EINVAL,
+			       "was taken with --memory %" PRIu64 "M, this VM has %" PRIu64 "M",
+			       s->machine.mem_size >> 20, cfg->mem_size >> 20);
+		goto out_free;
+	}
+	if (s->machine.nr_cpus != (uint32_t)cfg->nr_cpus) {
+		ret = load_err(err, errlen, -EINVAL,
+			       "was taken with --cpus %u, this VM has %d", s->machine.nr_cpus,
+			       cfg->nr_cpus);
+		goto out_free;
+	}
+	/* Load every section now: all validation happens before any VM exists. */
+	s->nr_vcpus = s->machine.nr_cpus;
+	s->vcpus = calloc(s->nr_vcpus, sizeof(*s->vcpus));
+	if (!s->vcpus) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "vcpu/%u", i);
+		ret = stream_get_state(&idx, name, &vcpu_state_desc, &s->vcpus[i], why, sizeof(why));
+		if (ret < 0) {
+			load_err(err, errlen, ret, "%s",
+				 ret == -ENOENT ? "a vCPU section is missing" : why);
+			goto out_free;
+		}
+	}
+	{
+		static const struct { const char *name; const struct state_desc *d; } vmsecs[] = {
+			{ "irqchip", &irqchip_state_desc },
+			{ "pit", &pit_state_desc },
+			{ "clock", &clock_state_desc },
+		};
+		for (size_t i = 0; i < ARRAY_SIZE(vmsecs); i++) {
+			ret = stream_get_state(&idx, vmsecs[i].name, vmsecs[i].d, &s->kvm, why,
+					       sizeof(why));
+			if (ret < 0) {
+				load_err(err, errlen, ret, "section '%s': %s", vmsecs[i].name,
+					 ret == -ENOENT ? "missing" : why);
+				goto out_free;
+			}
+		}
+	}
+	ret = stream_get_state(&idx, "serial/0", &serial_state_desc, &s->serial, why, sizeof(why));
+	if (ret < 0 || s->serial.rx_len > SERIAL_FIFO_LEN || s->serial.tx_len > SERIAL_FIFO_LEN) {
+		load_err(err, errlen, ret < 0 ? ret : -EINVAL, "section 'serial/0': %s",
+			 ret == -ENOENT ? "missing" : ret < 0 ? why : "bad FIFO length");
+		ret = ret < 0 ? ret : -EINVAL;
+		goto out_free;
+	}
+	*idxp = idx;
+	return 0;
+out_free:
+	if (have_idx)
+		stream_index_free(&idx);
+	return ret;
+}
+
 int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out, char *err,
 		  size_t errlen)
 {
@@ -362,35 +456,12 @@ int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out
 		ret = snap_err(err, errlen, -EIO, path, "cannot read the state stream");
 		goto out_free;
 	}
-	ret = stream_parse(stream, slen, &idx, why, sizeof(why));
+	ret = snapshot_load_stream(stream, slen, cfg, false, s, &idx, why, sizeof(why));
 	if (ret < 0) {
 		snap_err(err, errlen, ret, path, "%s", why);
 		goto out_free;
 	}
 	have_idx = true;
-	ret = stream_check_known(&idx, snapshot_known, NULL, why, sizeof(why));
-	if (ret < 0) {
-		snap_err(err, errlen, ret, path, "%s", why);
-		goto out_free;
-	}
-	ret = stream_get_state(&idx, "machine", &machine_state_desc, &s->machine, why, sizeof(why));
-	if (ret < 0) {
-		snap_err(err, errlen, ret, path, "%s", ret == -ENOENT ? "no 'machine' section" : why);
-		goto out_free;
-	}
-	/* The configuration must match: a snapshot is not a different VM. */
-	if (s->machine.mem_size != cfg->mem_size) {
-		ret = snap_err(err, errlen, -EINVAL, path,
-			       "was taken with --memory %" PRIu64 "M, this VM has %" PRIu64 "M",
-			       s->machine.mem_size >> 20, cfg->mem_size >> 20);
-		goto out_free;
-	}
-	if (s->machine.nr_cpus != (uint32_t)cfg->nr_cpus) {
-		ret = snap_err(err, errlen, -EINVAL, path,
-			       "was taken with --cpus %u, this VM has %d", s->machine.nr_cpus,
-			       cfg->nr_cpus);
-		goto out_free;
-	}
 	if (s->machine.ram_mode == RAM_IN_SNAPSHOT) {
 		if (roff % SNAP_RAM_ALIGN || !roff || rlen != cfg->mem_size ||
 		    roff + rlen > (uint64_t)st.st_size || roff < soff + slen) {
@@ -431,46 +502,6 @@ int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out
 			       s->machine.ram_mode);
 		goto out_free;
 	}
-	/* Load every section now: all validation happens before any VM exists. */
-	s->nr_vcpus = s->machine.nr_cpus;
-	s->vcpus = calloc(s->nr_vcpus, sizeof(*s->vcpus));
-	if (!s->vcpus) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
-	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		char name[32];
-		snprintf(name, sizeof(name), "vcpu/%u", i);
-		ret = stream_get_state(&idx, name, &vcpu_state_desc, &s->vcpus[i], why, sizeof(why));
-		if (ret < 0) {
-			snap_err(err, errlen, ret, path, "%s",
-				 ret == -ENOENT ? "a vCPU section is missing" : why);
-			goto out_free;
-		}
-	}
-	{
-		static const struct { const char *name; const struct state_desc *d; } vmsecs[] = {
-			{ "irqchip", &irqchip_state_desc },
-			{ "pit", &pit_state_desc },
-			{ "clock", &clock_state_desc },
-		};
-		for (size_t i = 0; i < ARRAY_SIZE(vmsecs); i++) {
-			ret = stream_get_state(&idx, vmsecs[i].name, vmsecs[i].d, &s->kvm, why,
-					       sizeof(why));
-			if (ret < 0) {
-				snap_err(err, errlen, ret, path, "section '%s': %s", vmsecs[i].name,
-					 ret == -ENOENT ? "missing" : why);
-				goto out_free;
-			}
-		}
-	}
-	ret = stream_get_state(&idx, "serial/0", &serial_state_desc, &s->serial, why, sizeof(why));
-	if (ret < 0 || s->serial.rx_len > SERIAL_FIFO_LEN || s->serial.tx_len > SERIAL_FIFO_LEN) {
-		snap_err(err, errlen, ret < 0 ? ret : -EINVAL, path, "section 'serial/0': %s",
-			 ret == -ENOENT ? "missing" : ret < 0 ? why : "bad FIFO length");
-		ret = ret < 0 ? ret : -EINVAL;
-		goto out_free;
-	}
 	cfg->restoring = 1;
 	stream_index_free(&idx);
 	free(stream);
@@ -485,19 +516,19 @@ out_free:
 	return ret;
 }
 
-int snapshot_apply(struct snapshot *s, struct vm *vm, char *err, size_t errlen)
+int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err, size_t errlen)
 {
 	int ret;
 
 	/* VM-wide devices first: the LAPICs restored next deliver into the
 	 * IOAPIC/PIC routing restored here. */
-	ret = vm_kvm_state_load(vm, &s->kvm);
+	ret = vm_kvm_state_load(vm, &s->kvm, same_host);
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot restore irqchip/PIT/clock: %s", strerror(-ret));
 		return ret;
 	}
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i]);
+		ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i], same_host);
 		if (ret < 0) {
 			snprintf(err, errlen, "cannot restore vCPU %u: %s", i, strerror(-ret));
 			return ret;

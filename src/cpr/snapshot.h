@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dev/serial.h"
+#include "vcpu/vcpu_state.h"
 #include "vm/config.h"
 
 #define SNAP_MAGIC "CPRVMSNP"
@@ -36,7 +38,39 @@
 enum { RAM_IN_SNAPSHOT = 1, RAM_IN_MEM_PATH = 2 };
 
 struct vm;
-struct snapshot;
+struct sbuf;
+struct stream_index;
+
+/* Section "machine": what the VM was, to rebuild and to refuse mismatches. */
+struct machine_state {
+	uint64_t mem_size, low_size, high_size;
+	uint32_t nr_cpus, tsc_khz;
+	uint32_t ram_mode;
+	uint32_t mem_path_len;
+	char mem_path[512];
+};
+
+enum { RAM_IN_FD = 3 }; /* live update: RAM handed over as fd "ram" */
+
+/* A validated stream, loaded into plain structs, not yet applied. */
+struct snapshot {
+	int fd;
+	struct machine_state machine;
+	struct vcpu_state *vcpus;
+	uint32_t nr_vcpus;
+	struct vm_kvm_state kvm;
+	struct serial_state serial;
+};
+
+/* The "machine" section for this VM. */
+void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode);
+/* Sections vcpu/N, irqchip, pit, clock, serial/0 (VM paused). */
+int snapshot_put_devices(struct vm *vm, struct sbuf *b);
+/* Parses and validates a whole stream into s (machine checked against cfg,
+ * every device section loaded); *idx stays valid for more sections (the
+ * caller frees it). cpr: also accept the live-update sections. */
+int snapshot_load_stream(const uint8_t *stream, size_t len, struct vm_config *cfg, bool cpr,
+			 struct snapshot *s, struct stream_index *idx, char *err, size_t errlen);
 struct state_desc;
 
 /* Section "machine" (RAM size and layout, vCPU count, where RAM lives). */
@@ -57,7 +91,9 @@ int snapshot_save(struct vm *vm, const char *path, bool bypass, char *err, size_
 int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out, char *err,
 		  size_t errlen);
 /* Applies a validated snapshot to a VM built by vm_create(cfg). */
-int snapshot_apply(struct snapshot *s, struct vm *vm, char *err, size_t errlen);
+/* same_host: restore the TSC offset and kvmclock against real time (live
+ * update); otherwise the guest's clocks resume where they stopped. */
+int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err, size_t errlen);
 void snapshot_free(struct snapshot *s);
 
 #endif

@@ -21,6 +21,7 @@
 
 #include "dev/chardev.h"
 #include "lib/log.h"
+#include "state/state.h"
 
 #define PTY_POLL_NS (50 * 1000 * 1000)
 
@@ -340,24 +341,158 @@ static int chardev_open_pty(struct chardev *c, char *err, size_t errlen)
 	return 0;
 }
 
-int chardev_open(struct chardev **out, const struct chardev_spec *spec, struct loop *loop,
-		 char *err, size_t errlen)
+static const struct state_field handover_fields[] = {
+	STATE_FIELD_U8(1, struct chardev_handover, connected, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_VBYTES(2, struct chardev_handover, pending, pending_len,
+			   .flags = STATE_F_REQUIRED),
+};
+/* The fd numbers travel in the cpr fd registry, by name. */
+const struct state_desc chardev_handover_desc = STATE_DESC("chardev", 1, 1, handover_fields);
+
+void chardev_export(struct chardev *c, struct chardev_handover *h)
+{
+	pthread_mutex_lock(&c->lock);
+	h->listen_fd = c->listen_fd;
+	h->conn_fd = -1;
+	if (c->spec.kind == CHARDEV_UNIX && c->connected)
+		h->conn_fd = c->conn_fd;
+	else if (c->spec.kind == CHARDEV_PTY)
+		h->conn_fd = c->conn_fd;
+	else if (c->spec.kind == CHARDEV_FILE)
+		h->conn_fd = c->out_fd;
+	h->connected = c->connected;
+	h->pending_len = c->outlen;
+	memcpy(h->pending, c->outbuf, c->outlen);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static struct chardev *chardev_alloc(const struct chardev_spec *spec, struct loop *loop)
 {
 	struct chardev *c = calloc(1, sizeof(*c));
-	int ret = 0, fd;
 
 	if (!c)
-		return -ENOMEM;
+		return NULL;
 	c->outbuf = malloc(CHARDEV_OUTBUF_MAX);
 	if (!c->outbuf) {
 		free(c);
-		return -ENOMEM;
+		return NULL;
 	}
 	c->spec = *spec;
 	c->loop = loop;
 	c->listen_fd = c->conn_fd = c->in_fd = c->out_fd = c->timer_fd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	c->input_on = true;
+	return c;
+}
+
+int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
+		  const struct chardev_handover *h, struct loop *loop, char *err, size_t errlen)
+{
+	struct chardev *c;
+	int ret;
+
+	if (spec->kind == CHARDEV_STDIO || spec->kind == CHARDEV_NONE)
+		ret = chardev_open(&c, spec, loop, err, errlen);
+	else if (!(c = chardev_alloc(spec, loop)))
+		return -ENOMEM;
+	else
+		ret = 0;
+	if (ret < 0)
+		return ret;
+	switch (spec->kind) {
+	case CHARDEV_UNIX:
+		if (h->listen_fd < 0) {
+			snprintf(err, errlen, "serial: no listening socket handed over");
+			ret = -EBADF;
+			goto out_free;
+		}
+		c->listen_fd = h->listen_fd;
+		fcntl(c->listen_fd, F_SETFD, FD_CLOEXEC);
+		snprintf(c->desc, sizeof(c->desc), "unix:%s", spec->path);
+		ret = loop_add_fd(loop, c->listen_fd, h->conn_fd >= 0 ? 0 : EPOLLIN, chardev_accept, c);
+		if (ret < 0)
+			goto out_err;
+		if (h->conn_fd >= 0) {
+			fcntl(h->conn_fd, F_SETFD, FD_CLOEXEC);
+			pthread_mutex_lock(&c->lock);
+			chardev_connect_locked(c, h->conn_fd);
+			pthread_mutex_unlock(&c->lock);
+		}
+		break;
+	case CHARDEV_PTY:
+		if (h->conn_fd < 0) {
+			snprintf(err, errlen, "serial: no pty handed over");
+			ret = -EBADF;
+			goto out_free;
+		}
+		c->conn_fd = h->conn_fd;
+		fcntl(c->conn_fd, F_SETFD, FD_CLOEXEC);
+		snprintf(c->desc, sizeof(c->desc), "pty:%s", ptsname(c->conn_fd) ?: "?");
+		c->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+		if (c->timer_fd < 0) {
+			ret = -errno;
+			goto out_err;
+		}
+		ret = loop_add_fd(loop, c->timer_fd, EPOLLIN, chardev_pty_timer, c);
+		if (ret < 0)
+			goto out_err;
+		pthread_mutex_lock(&c->lock);
+		if (h->connected) {
+			chardev_connect_locked(c, c->conn_fd);
+		} else {
+			chardev_disconnect_locked(c);
+			c->conn_fd = h->conn_fd;
+		}
+		pthread_mutex_unlock(&c->lock);
+		break;
+	case CHARDEV_FILE:
+		if (h->conn_fd < 0) {
+			snprintf(err, errlen, "serial: no file handed over");
+			ret = -EBADF;
+			goto out_free;
+		}
+		c->out_fd = h->conn_fd;
+		fcntl(c->out_fd, F_SETFD, FD_CLOEXEC);
+		c->connected = true;
+		snprintf(c->desc, sizeof(c->desc), "file:%s", spec->path);
+		break;
+	default:
+		break;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->connected && h->pending_len <= CHARDEV_OUTBUF_MAX) {
+		memcpy(c->outbuf, h->pending, h->pending_len);
+		c->outlen = h->pending_len;
+		chardev_update_watch(c);
+	}
+	pthread_mutex_unlock(&c->lock);
+	*out = c;
+	return 0;
+out_err:
+	snprintf(err, errlen, "serial: cannot adopt handed-over fds: %s", strerror(-ret));
+out_free:
+	/* The fds stay open (and the socket file in place): a failed live
+	 * update hands them back to the previous binary. */
+	if (c->listen_fd >= 0)
+		loop_del_fd(loop, c->listen_fd);
+	if (c->watching)
+		loop_del_fd(loop, c->conn_fd);
+	c->watching = false;
+	c->listen_fd = c->conn_fd = c->out_fd = -1;
+	if (spec->kind == CHARDEV_FILE)
+		c->spec.kind = CHARDEV_NONE;
+	chardev_close(c);
+	return ret;
+}
+
+int chardev_open(struct chardev **out, const struct chardev_spec *spec, struct loop *loop,
+		 char *err, size_t errlen)
+{
+	struct chardev *c = chardev_alloc(spec, loop);
+	int ret = 0, fd;
+
+	if (!c)
+		return -ENOMEM;
 
 	switch (spec->kind) {
 	case CHARDEV_NONE:

@@ -39,6 +39,25 @@ size_t chardev_write(struct chardev *c, const void *buf, size_t len);
 size_t chardev_read(struct chardev *c, void *buf, size_t len);
 /* Whether to watch for input (device has room). */
 void chardev_set_input(struct chardev *c, bool on);
+/* Live update: what carries the backend's connection over to the next cprvm
+ * process: its fds (-1 when none) and the bytes accepted but not yet written.
+ * Input still in the kernel's buffers travels with the fds themselves. */
+struct chardev_handover {
+	int listen_fd, conn_fd;
+	uint8_t connected;
+	uint32_t pending_len;
+	uint8_t pending[CHARDEV_OUTBUF_MAX];
+};
+
+struct state_desc;
+extern const struct state_desc chardev_handover_desc;
+
+/* Fills h; the chardev must be quiet (vCPUs parked). */
+void chardev_export(struct chardev *c, struct chardev_handover *h);
+/* Like chardev_open, but over the fds of h (stdio and none open anew). */
+int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
+		  const struct chardev_handover *h, struct loop *loop, char *err, size_t errlen);
+
 /* Human-readable description ("unix:/path", "pty:/dev/pts/3"). */
 const char *chardev_describe(struct chardev *c);
 

@@ -150,6 +150,36 @@ int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size
 	return 0;
 }
 
+int mem_adopt(struct guest_mem *m, int fd, uint64_t size, const char *path, char *err,
+	      size_t errlen)
+{
+	struct stat st;
+
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size) {
+		snprintf(err, errlen, "handed-over guest RAM is not %llu bytes",
+			 (unsigned long long)size);
+		return -EINVAL;
+	}
+	m->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+	if (m->host == MAP_FAILED) {
+		m->host = NULL;
+		return mem_fail(err, errlen, -errno, "cannot map handed-over guest RAM", NULL);
+	}
+	if (path && !(m->path = strdup(path))) {
+		munmap(m->host, size);
+		m->host = NULL;
+		return -ENOMEM;
+	}
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	m->fd = fd;
+	m->size = size;
+	m->low_size = size < CPRVM_LOW_MEM_MAX ? size : CPRVM_LOW_MEM_MAX;
+	m->high_size = size - m->low_size;
+	return 0;
+}
+
 int mem_register(struct guest_mem *m, int vmfd)
 {
 	struct kvm_userspace_memory_region r = {

@@ -35,6 +35,10 @@ int mem_open(struct guest_mem *m, uint64_t size, const char *path, bool may_crea
  * the file, guest writes stay private (restoring a full snapshot). */
 int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size, char *err,
 		     size_t errlen);
+/* Maps an fd that already holds guest RAM (live update), MAP_SHARED. path
+ * is what --mem-path said, or NULL for a memfd. */
+int mem_adopt(struct guest_mem *m, int fd, uint64_t size, const char *path, char *err,
+	      size_t errlen);
 /* Registers the memslots with KVM (do it before KVM_CREATE_IRQCHIP: see
  * MEASURED.md, a memslot added afterwards costs ~6.5 ms more). */
 int mem_register(struct guest_mem *m, int vmfd);

@@ -22,6 +22,7 @@
  * handler or event delivery is on the stack (a handler such as "stop" emits an
  * event that may kill another client, or the very one being served). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -672,8 +673,19 @@ static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *
 	return 0;
 }
 
+int qmp_server_listen_fd(struct qmp_server *s)
+{
+	return s ? s->fd : -1;
+}
+
 int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop, char *err,
 		   size_t errlen)
+{
+	return qmp_server_new_fd(out, path, -1, loop, err, errlen);
+}
+
+int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, struct loop *loop,
+		      char *err, size_t errlen)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct qmp_server *s;
@@ -698,6 +710,18 @@ int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop,
 		return -ENOMEM;
 	}
 	s->loop = loop;
+	if (adopt_fd >= 0) {
+		/* Live update: the listening socket lives on from the previous
+		 * cprvm; connections made meanwhile wait in its backlog. */
+		s->fd = adopt_fd;
+		fcntl(s->fd, F_SETFD, FD_CLOEXEC);
+		fcntl(s->fd, F_SETFL, fcntl(s->fd, F_GETFL) | O_NONBLOCK);
+		if (stat(path, &st) == 0) {
+			s->dev = st.st_dev;
+			s->ino = st.st_ino;
+		}
+		goto registered;
+	}
 	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->fd < 0) {
 		ret = -errno;
@@ -727,6 +751,7 @@ int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop,
 		snprintf(err, errlen, "cannot listen on QMP socket %s: %s", path, strerror(-ret));
 		goto out_unlink;
 	}
+registered:
 	ret = qmp_register(s, "qmp_capabilities", qmp_cmd_capabilities, NULL);
 	if (!ret)
 		ret = qmp_register(s, "query-commands", qmp_cmd_query_commands, NULL);

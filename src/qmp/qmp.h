@@ -49,6 +49,12 @@ int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop,
 /* Tries briefly to deliver pending output, closes every client, unlinks the
  * socket path if it is still the one this server created. NULL is a no-op. */
 void qmp_server_free(struct qmp_server *s);
+/* The same, over a listening socket inherited from a previous cprvm
+ * (live update) when adopt_fd >= 0. */
+int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, struct loop *loop,
+		      char *err, size_t errlen);
+/* The listening socket, for live update to hand over. */
+int qmp_server_listen_fd(struct qmp_server *s);
 /* Blocks up to timeout_ms writing every client's pending output. Returns 0
  * when all was written, -ETIMEDOUT otherwise. Clients that fail are dropped. */
 int qmp_server_flush(struct qmp_server *s, int timeout_ms);

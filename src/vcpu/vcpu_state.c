@@ -45,6 +45,8 @@ static const struct state_field vcpu_fields[] = {
 	STATE_FIELD_BYTES(9, struct vcpu_state, lapic, .flags = STATE_F_REQUIRED),
 	STATE_FIELD_BYTES(10, struct vcpu_state, events, .flags = STATE_F_REQUIRED),
 	STATE_FIELD_BYTES(11, struct vcpu_state, debugregs, .flags = STATE_F_REQUIRED),
+	STATE_FIELD_U8(12, struct vcpu_state, have_tsc_offset),
+	STATE_FIELD_U64(13, struct vcpu_state, tsc_offset),
 };
 const struct state_desc vcpu_state_desc = STATE_DESC("vcpu", 1, 1, vcpu_fields);
 
@@ -163,6 +165,12 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 		return -errno;
 	if (ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
 		return -errno;
+	{
+		struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
+						 .attr = KVM_VCPU_TSC_OFFSET,
+						 .addr = (uintptr_t)&s->tsc_offset };
+		s->have_tsc_offset = ioctl(v->fd, KVM_GET_DEVICE_ATTR, &attr) == 0;
+	}
 	/* Events last: reading them after everything else catches an
 	 * exception or interrupt that became pending meanwhile. */
 	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &s->events) < 0)
@@ -170,7 +178,7 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 	return 0;
 }
 
-int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s)
+int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 {
 	struct vm *vm = v->vm;
 	struct kvm_msrs *buf;
@@ -215,6 +223,16 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s)
 	free(buf);
 	if (ret != (int)s->nr_msrs)
 		return ret < 0 ? -errno : -EIO;
+	/* After the MSRs: writing IA32_TSC set an offset of its own. On the
+	 * same host the old offset makes the guest TSC continue on real time
+	 * (no freeze, no jump); see Documentation/virt/kvm/devices/vcpu.rst. */
+	if (same_host && s->have_tsc_offset) {
+		struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
+						 .attr = KVM_VCPU_TSC_OFFSET,
+						 .addr = (uintptr_t)&s->tsc_offset };
+		if (ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0)
+			return -errno;
+	}
 	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
 		return -errno;
 	return 0;
@@ -237,9 +255,16 @@ int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s)
 	return 0;
 }
 
-int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s)
+int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_host)
 {
 	struct kvm_clock_data clock = { .clock = s->clock.clock };
+
+	/* On the same host, hand KVM the realtime the clock was read at: it
+	 * adds the time elapsed since, so kvmclock keeps real time too. */
+	if (same_host && (s->clock.flags & KVM_CLOCK_REALTIME)) {
+		clock.flags = KVM_CLOCK_REALTIME;
+		clock.realtime = s->clock.realtime;
+	}
 
 	if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->pic_master) < 0 ||
 	    ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->pic_slave) < 0 ||
@@ -247,8 +272,8 @@ int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s)
 		return -errno;
 	if (ioctl(vm->vm_fd, KVM_SET_PIT2, &s->pit) < 0)
 		return -errno;
-	/* Only the clock value: the flags describe the saving host's
-	 * realtime/TSC pairing, which KVM_SET_CLOCK would reinterpret. */
+	/* Otherwise only the clock value: a snapshot's guest does not see the
+	 * time it spent on disk. */
 	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
 		return -errno;
 	return 0;

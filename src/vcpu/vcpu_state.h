@@ -26,6 +26,12 @@ struct vcpu_state {
 	struct kvm_lapic_state lapic;
 	struct kvm_vcpu_events events;
 	struct kvm_debugregs debugregs;
+	/* Guest TSC = host TSC + offset (KVM_VCPU_TSC_OFFSET). Restored only
+	 * on the same host (live update), where it keeps the guest's TSC on
+	 * real time; a snapshot restores the TSC MSR instead (time frozen
+	 * while saved). */
+	uint8_t have_tsc_offset;
+	uint64_t tsc_offset;
 };
 
 struct vm_kvm_state {
@@ -49,8 +55,8 @@ extern const struct state_desc clock_state_desc;
 int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr);
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
-int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s);
+int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
 int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s);
-int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s);
+int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_host);
 
 #endif

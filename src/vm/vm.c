@@ -299,7 +299,7 @@ int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
 		mem_close(&vm->mem, true);
 		vm->mem = mem;
 	}
-	ret = snapshot_apply(snap, vm, err, errlen);
+	ret = snapshot_apply(snap, vm, false, err, errlen);
 	if (ret < 0)
 		goto out;
 	ret = vm_start(vm);
