@@ -13,6 +13,7 @@
 
 #include "lib/log.h"
 #include "lib/loop.h"
+#include "cpr/cpr.h"
 #include "cpr/snapshot.h"
 #include "qmp/qmp.h"
 #include "vm/vm.h"
@@ -79,6 +80,7 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->restore_ram_fd = -1;
+	cfg->adopt_ram_fd = -1;
 	cfg->mem_size = CPRVM_DEFAULT_MEM;
 	cfg->nr_cpus = 1;
 	cfg->serial.kind = CHARDEV_STDIO;
@@ -172,6 +174,7 @@ int main(int argc, char **argv)
 	char err[512];
 	int ret, status;
 
+	cpr_init(argc, argv);
 	parse_args(argc, argv, &cfg);
 	if (cfg.name)
 		log_set_prefix("cprvm"); /* one prefix for scripts; name goes in QMP */
@@ -185,6 +188,13 @@ int main(int argc, char **argv)
 	ret = loop_new(&loop);
 	if (ret < 0)
 		die("cannot create event loop: %s", strerror(-ret));
+	if (cpr_incoming_pending()) {
+		/* Live update: this image takes over a running guest. */
+		ret = cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err));
+		if (ret < 0)
+			die("%s", err);
+		goto run;
+	}
 	/* The QMP socket first: it is cheap to undo, the VM (a --mem-path file
 	 * it may create) is not. Clients that connect meanwhile wait in the
 	 * backlog until the loop runs. */
@@ -220,16 +230,18 @@ int main(int argc, char **argv)
 			die("cannot register QMP commands: %s", strerror(-ret));
 		}
 	}
-	m.sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (m.sfd >= 0)
-		loop_add_fd(loop, m.sfd, EPOLLIN, on_signal, &m);
-
+	cpr_set_qmp_fd(qmp_server_listen_fd(qmp));
 	if (cfg.incoming && !strcmp(cfg.incoming, "defer")) {
 		vm_set_inmigrate(m.vm);
 		ret = 0;
 	} else {
 		ret = vm_start(m.vm);
 	}
+run:
+	m.sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (m.sfd >= 0)
+		loop_add_fd(loop, m.sfd, EPOLLIN, on_signal, &m);
+
 	if (ret < 0) {
 		pr_err("cannot start vCPUs: %s", strerror(-ret));
 		status = 1;

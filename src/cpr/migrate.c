@@ -32,6 +32,51 @@ static void migrate_event(struct vm *vm, const char *status)
 		vm->event_fn(vm->event_opaque, "MIGRATION", data);
 }
 
+static const char *const mode_names[] = { "normal", "cpr-exec", "cpr-transfer" };
+
+const char *migrate_mode_name(enum migrate_mode m)
+{
+	return (unsigned)m < 3 ? mode_names[m] : "?";
+}
+
+int migrate_mode_parse(const char *s, enum migrate_mode *m)
+{
+	for (int i = 0; i < 3; i++)
+		if (!strcmp(s, mode_names[i])) {
+			*m = i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason)
+{
+	struct migration *mig = &vm->migration;
+
+	mig->downtime_us = downtime_us;
+	mig->total_ms_x1000 = downtime_us;
+	mig->setup_us = 0;
+	mig->total = vm->mem.size;
+	mig->transferred = 0;
+	if (rollback_reason) {
+		mig->status = "failed";
+		snprintf(mig->error, sizeof(mig->error), "%s", rollback_reason);
+		migrate_event(vm, "failed");
+	} else {
+		mig->status = "completed";
+		migrate_event(vm, "completed");
+	}
+}
+
+void migrate_failed(struct vm *vm, const char *why)
+{
+	struct migration *mig = &vm->migration;
+
+	mig->status = "failed";
+	snprintf(mig->error, sizeof(mig->error), "%s", why);
+	migrate_event(vm, "failed");
+}
+
 int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
 	struct migration *mig = &vm->migration;

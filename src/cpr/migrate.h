@@ -10,8 +10,11 @@
 
 struct vm;
 
+enum migrate_mode { MIGRATE_MODE_NORMAL, MIGRATE_MODE_CPR_EXEC, MIGRATE_MODE_CPR_TRANSFER };
+
 struct migration {
 	bool ignore_shared; /* capability x-ignore-shared */
+	enum migrate_mode mode;
 	const char *status; /* NULL: never started; "completed", "failed" */
 	int64_t total_ms_x1000, downtime_us, setup_us; /* microseconds */
 	uint64_t transferred, total;
@@ -22,5 +25,13 @@ struct migration *vm_migration(struct vm *vm);
 /* Outgoing: stops the VM, writes the state, leaves it paused (postmigrate).
  * On failure the VM runs again as it was. */
 int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
+/* The new image after a live update: the guest runs again after
+ * downtime_us; rollback_reason non-NULL if this is the old binary taking
+ * the guest back after a failed update. */
+void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason);
+/* A cpr-exec that failed before exec(): the guest runs on, report it. */
+void migrate_failed(struct vm *vm, const char *why);
+const char *migrate_mode_name(enum migrate_mode m);
+int migrate_mode_parse(const char *s, enum migrate_mode *m);
 
 #endif

@@ -48,6 +48,8 @@ struct chardev {
 
 static void chardev_update_watch(struct chardev *c);
 
+bool chardev_keep_socket_files;
+
 static int set_nonblock(int fd)
 {
 	int fl = fcntl(fd, F_GETFL);
@@ -573,7 +575,8 @@ void chardev_close(struct chardev *c)
 	if (c->listen_fd >= 0) {
 		loop_del_fd(c->loop, c->listen_fd);
 		close(c->listen_fd);
-		unlink(c->spec.path);
+		if (!chardev_keep_socket_files)
+			unlink(c->spec.path);
 	}
 	if (c->timer_fd >= 0) {
 		loop_del_fd(c->loop, c->timer_fd);

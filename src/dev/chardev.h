@@ -58,6 +58,10 @@ void chardev_export(struct chardev *c, struct chardev_handover *h);
 int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
 		  const struct chardev_handover *h, struct loop *loop, char *err, size_t errlen);
 
+/* Set while a live update is being taken over: a failure must leave the
+ * socket files for the previous binary, which still owns them. */
+extern bool chardev_keep_socket_files;
+
 /* Human-readable description ("unix:/path", "pty:/dev/pts/3"). */
 const char *chardev_describe(struct chardev *c);
 

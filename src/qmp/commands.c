@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "cpr/cpr.h"
 #include "cpr/migrate.h"
 #include "lib/log.h"
 #include "qmp/qmp.h"
@@ -151,6 +152,17 @@ static json_t *qmp_cmd_query_migrate_capabilities(struct qmp_req *req, json_t *a
 	return list;
 }
 
+static void qmp_cpr_exec_after_reply(struct qmp_server *s, void *opaque)
+{
+	char err[512];
+
+	qmp_server_flush(s, QMP_QUIT_FLUSH_MS);
+	if (cpr_exec(opaque, err, sizeof(err)) < 0) {
+		pr_err("%s", err);
+		migrate_failed(opaque, err);
+	}
+}
+
 static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 {
 	static const char *const allowed[] = { "uri", "detach", NULL };
@@ -163,9 +175,87 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 		qmp_req_error(req, QMP_ERR_GENERIC, "Parameter 'uri' is missing");
 		return NULL;
 	}
+	switch (vm_migration(opaque)->mode) {
+	case MIGRATE_MODE_CPR_EXEC:
+		/* The state travels in a memfd whatever the URI says; the
+		 * reply goes out first, then this process becomes the new
+		 * binary (the connection closes; reconnect to the socket). */
+		if (vm_get_run_state(opaque) != RUN_STATE_RUNNING &&
+		    vm_get_run_state(opaque) != RUN_STATE_PAUSED) {
+			qmp_req_error(req, QMP_ERR_GENERIC, "cpr-exec: the VM is %s",
+				      vm_run_state_name(vm_get_run_state(opaque)));
+			return NULL;
+		}
+		qmp_req_after_reply(req, qmp_cpr_exec_after_reply, opaque);
+		return NULL;
+	case MIGRATE_MODE_CPR_TRANSFER:
+		qmp_req_error(req, QMP_ERR_GENERIC, "cpr-transfer is not supported yet");
+		return NULL;
+	default:
+		break;
+	}
 	if (migrate_start(opaque, json_string_value(uri), err, sizeof(err)) < 0)
 		qmp_req_error(req, QMP_ERR_GENERIC, "%s", err);
 	return NULL;
+}
+
+static json_t *qmp_cmd_migrate_set_parameters(struct qmp_req *req, json_t *args, void *opaque)
+{
+	static const char *const allowed[] = { "mode", "cpr-exec-command", NULL };
+	struct migration *mig = vm_migration(opaque);
+	json_t *mode = args ? json_object_get(args, "mode") : NULL;
+	json_t *cmd = args ? json_object_get(args, "cpr-exec-command") : NULL;
+	enum migrate_mode m = mig->mode;
+	char *argv[64];
+	size_t i, n = 0;
+	json_t *a;
+
+	if (!qmp_args_check(req, args, allowed))
+		return NULL;
+	if (mode && (!json_is_string(mode) || migrate_mode_parse(json_string_value(mode), &m) < 0)) {
+		qmp_req_error(req, QMP_ERR_GENERIC,
+			      "Parameter 'mode' expects normal, cpr-exec or cpr-transfer");
+		return NULL;
+	}
+	if (cmd) {
+		if (!json_is_array(cmd) || json_array_size(cmd) >= ARRAY_SIZE(argv)) {
+			qmp_req_error(req, QMP_ERR_GENERIC,
+				      "Parameter 'cpr-exec-command' expects a list of strings");
+			return NULL;
+		}
+		json_array_foreach(cmd, i, a) {
+			if (!json_is_string(a)) {
+				qmp_req_error(req, QMP_ERR_GENERIC,
+					      "Parameter 'cpr-exec-command' expects a list of strings");
+				return NULL;
+			}
+			argv[n++] = (char *)json_string_value(a);
+		}
+		if (cpr_set_exec_command(argv, (int)n) < 0) {
+			qmp_req_error(req, QMP_ERR_GENERIC, "out of memory");
+			return NULL;
+		}
+	}
+	mig->mode = m;
+	return NULL;
+}
+
+static json_t *qmp_cmd_query_migrate_parameters(struct qmp_req *req, json_t *args, void *opaque)
+{
+	struct migration *mig = vm_migration(opaque);
+	const char *const *argv;
+	json_t *r, *list;
+	int argc;
+
+	if (!qmp_args_check(req, args, NULL))
+		return NULL;
+	r = json_pack("{s:s}", "mode", migrate_mode_name(mig->mode));
+	list = json_array();
+	argv = cpr_get_exec_command(&argc);
+	for (int i = 0; i < argc; i++)
+		json_array_append_new(list, json_string(argv[i]));
+	json_object_set_new(r, "cpr-exec-command", list);
+	return r;
 }
 
 static json_t *qmp_cmd_migrate_incoming(struct qmp_req *req, json_t *args, void *opaque)
@@ -241,6 +331,8 @@ int qmp_commands_register(struct qmp_server *s, struct vm *vm)
 	    {"migrate", qmp_cmd_migrate},
 	    {"query-migrate", qmp_cmd_query_migrate},
 	    {"migrate-incoming", qmp_cmd_migrate_incoming},
+	    {"migrate-set-parameters", qmp_cmd_migrate_set_parameters},
+	    {"query-migrate-parameters", qmp_cmd_query_migrate_parameters},
 	    {"migrate-set-capabilities", qmp_cmd_migrate_set_capabilities},
 	    {"query-migrate-capabilities", qmp_cmd_query_migrate_capabilities},
 	};

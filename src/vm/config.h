@@ -19,6 +19,8 @@ struct chardev_spec {
 	char path[108]; /* file:PATH, unix:PATH (fits sockaddr_un.sun_path) */
 };
 
+struct chardev_handover;
+
 struct vm_config {
 	const char *kernel;
 	const char *initrd;
@@ -36,6 +38,9 @@ struct vm_config {
 	int restore_ram_fd;	 /* -1: none */
 	uint64_t restore_ram_off;
 	int restoring;
+	/* Live update: guest RAM and the serial backend arrive as fds. */
+	int adopt_ram_fd; /* -1: none */
+	const struct chardev_handover *serial_handover;
 };
 
 /* "512M", "1G", "4096K", "1073741824" (bytes). Suffixes K/M/G/T, base 1024,

@@ -374,7 +374,10 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		ret = -ENOTSUP;
 		goto out_free;
 	}
-	if (cfg->restoring && cfg->restore_ram_fd >= 0)
+	if (cfg->adopt_ram_fd >= 0)
+		ret = mem_adopt(&vm->mem, cfg->adopt_ram_fd, cfg->mem_size, cfg->mem_path, err,
+				errlen);
+	else if (cfg->restoring && cfg->restore_ram_fd >= 0)
 		ret = mem_open_private(&vm->mem, cfg->restore_ram_fd, cfg->restore_ram_off,
 				       cfg->mem_size, err, errlen);
 	else
@@ -475,7 +478,11 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		goto out_free;
 	}
 
-	ret = chardev_open(&vm->serial_chr, &cfg->serial, loop, err, errlen);
+	if (cfg->serial_handover)
+		ret = chardev_adopt(&vm->serial_chr, &cfg->serial, cfg->serial_handover, loop, err,
+				    errlen);
+	else
+		ret = chardev_open(&vm->serial_chr, &cfg->serial, loop, err, errlen);
 	if (ret < 0)
 		goto out_free;
 	ret = serial_new(&vm->serial, vm->serial_chr, 4, vm_set_irq, vm);

@@ -1,0 +1,48 @@
+/* cpr.h — live update (cpr-exec): replace the cprvm binary under a running
+ * guest, same PID, every fd that carries state kept open.
+ *
+ * The old image stops the vCPUs, writes the state stream into a memfd, keeps
+ * the old address space (and with it the old KVM VM) alive in a clone(CLONE_VM)
+ * "keeper" so execve() does not pay for tearing it down, clears FD_CLOEXEC on
+ * exactly the fds named in the registry, and exec()s. The new image finds the
+ * stream through CPRVM_CPR_STATE, claims its fds by name, rebuilds the VM over
+ * the same RAM fd and resumes the guest, then lets the keeper go.
+ * If the new image cannot take over, it exec()s the previous binary (an fd to
+ * it travels along) with the same state, which resumes the guest and reports
+ * the failure: the guest never stops for good. */
+#ifndef CPRVM_CPR_H
+#define CPRVM_CPR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "vm/config.h"
+
+#define CPR_ENV_STATE "CPRVM_CPR_STATE"
+#define CPR_ENV_ROLLBACK "CPRVM_CPR_ROLLBACK"
+
+struct vm;
+struct loop;
+struct qmp_server;
+
+/* main() calls this first: the argv and binary to re-exec by default. */
+void cpr_init(int argc, char **argv);
+/* The QMP listening socket to hand over (main registers it). */
+void cpr_set_qmp_fd(int fd);
+/* migrate-set-parameters cpr-exec-command; NULL: this binary, same args. */
+int cpr_set_exec_command(char **argv, int argc);
+const char *const *cpr_get_exec_command(int *argc);
+
+/* Outgoing (main thread, from QMP migrate's after-reply hook). Returns only
+ * on failure, with the guest running again. */
+int cpr_exec(struct vm *vm, char *err, size_t errlen);
+
+/* Incoming: true if this process was exec()ed by a live update. */
+bool cpr_incoming_pending(void);
+/* Builds the VM and QMP server from the handed-over state and fds, and
+ * starts the guest. On failure it rolls back (exec()s the previous binary)
+ * and only returns if even that is impossible. */
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+		 struct qmp_server **qmp_out, char *err, size_t errlen);
+
+#endif
