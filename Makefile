@@ -72,6 +72,18 @@ $(BUILD)/cprvm-stream: $(BUILD)/tools/cprvm-stream.o $(CORE_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
 
+# A second build of cprvm that reports another version: live-update tests
+# replace one build with a different one, not only with itself.
+NEXT_OBJS := $(CPRVM_SRCS:%.c=$(BUILD)/next/%.o)
+$(BUILD)/next/%.o: %.c | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $< (next)")
+	$(Q)$(CC) $(CFLAGS) -DCPRVM_VERSION_MICRO=99 -c -o $@ $<
+
+$(BUILD)/cprvm-next: $(NEXT_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
+
 # --- the test guest (its own flags; never sanitized) --------------------------
 include guest/guest.mk
 
@@ -88,7 +100,7 @@ unit: $(UNIT_BINS)
 
 # Under sanitizers the 1 MiB serial echo (guest-bound: ~70 s a pass on this
 # nested KVM) shrinks to 128 KiB; everything else runs the same.
-system: all
+system: all $(BUILD)/cprvm-next
 	$(Q)CPRVM_BUILD=$(BUILD) $(if $(filter 1,$(SANITIZE)),CPRVM_ECHO_BYTES=131072) \
 		/usr/bin/python3 -m pytest -q tests/system $(PYTEST_ARGS)
 

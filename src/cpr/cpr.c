@@ -399,14 +399,22 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	}
 	fcntl(memfd, F_SETFD, FD_CLOEXEC);
 	chardev_keep_socket_files = true;
+	/* The registry first: without it there is no way back. */
+	ret = stream_parse(buf, st.st_size, &idx, why, sizeof(why));
+	if (ret == 0) {
+		ret = stream_get_state(&idx, "cpr", &cpr_state_desc, cs, why, sizeof(why));
+		stream_index_free(&idx);
+	}
+	if (ret < 0) {
+		snprintf(err, errlen, "live update: unusable state: %s", why);
+		goto out_err;
+	}
 	ret = snapshot_load_stream(buf, st.st_size, cfg, true, &snap, &idx, why, sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
 	have_idx = true;
-	ret = stream_get_state(&idx, "cpr", &cpr_state_desc, cs, why, sizeof(why));
-	if (ret == 0)
-		ret = stream_get_state(&idx, "chardev/serial0", &chardev_handover_desc, ho, why,
-				       sizeof(why));
+	ret = stream_get_state(&idx, "chardev/serial0", &chardev_handover_desc, ho, why,
+			       sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
 	if (snap.machine.ram_mode != RAM_IN_FD) {

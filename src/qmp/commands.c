@@ -186,6 +186,8 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 				      vm_run_state_name(vm_get_run_state(opaque)));
 			return NULL;
 		}
+		/* Until the new image reports, query-migrate says "setup". */
+		vm_migration(opaque)->status = "setup";
 		qmp_req_after_reply(req, qmp_cpr_exec_after_reply, opaque);
 		return NULL;
 	case MIGRATE_MODE_CPR_TRANSFER:

@@ -1,0 +1,217 @@
+"""Live update with cpr-exec (issue 4): the VMM binary is replaced under a
+running guest, same PID; the guest, its console clients and the QMP socket
+carry on."""
+import os
+import random
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import BUILD, CPRVM, Qmp, assert_hb_continuous, connect_unix, heartbeats, wait_for
+
+NEXT = os.path.join(BUILD, "cprvm-next")
+
+
+def qmp_when_ready(vm, timeout=20):
+    """A negotiated QMP connection to whichever image now serves the socket."""
+    def attempt():
+        try:
+            return Qmp(vm.qmp_path, timeout=5)
+        except (OSError, EOFError, ValueError):
+            return None
+    return wait_for(attempt, timeout, "QMP after the update")
+
+
+def cpr_exec(vm, command=None):
+    """One update; returns query-migrate of the image that serves afterwards."""
+    q = qmp_when_ready(vm)
+    params = {"mode": "cpr-exec"}
+    if command is not None:
+        params["cpr-exec-command"] = command
+    q.ok("migrate-set-parameters", **params)
+    assert q.cmd("migrate", uri="memfd:") == {"return": {}}
+    q.close()
+    # Whichever image answers next: "setup" until the update has ended.
+    def outcome():
+        q2 = qmp_when_ready(vm)
+        try:
+            r = q2.ok("query-migrate")
+        except (OSError, EOFError, ValueError):
+            q2.close()
+            return None
+        if r.get("status") in ("completed", "failed"):
+            return r, q2
+        q2.close()
+        return None
+    m, q2 = wait_for(outcome, 30, "the update's outcome")
+    st = q2.ok("query-status")
+    q2.close()
+    return m, st
+
+
+def args_of(vm, binary=None):
+    return [binary or vm.args[0]] + vm.args[1:]
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_cpr_exec_keeps_guest(vms, cpus):
+    vm = vms(cmdline="heartbeat=5000 verify=64", memory="512M", cpus=cpus)
+    for cpu in range(cpus):
+        vm.serial.wait(r"^OK 2 cpu=%d$" % cpu, timeout=60)
+    pid = vm.proc.pid
+    passes = {}
+    for _ in range(5):
+        m, st = cpr_exec(vm)
+        assert m["status"] == "completed", m
+        assert st["status"] == "running"
+        assert vm.proc.poll() is None and vm.proc.pid == pid
+        n = vm.serial.count()
+        vm.serial.wait(r"^HB \d+$", start=n + 5)
+    for cpu in range(cpus):
+        n = vm.serial.count()
+        _, mm = vm.serial.wait(r"^OK (\d+) cpu=%d$" % cpu, start=n, timeout=30)
+        passes[cpu] = int(mm.group(1))
+    # The unix console client never saw a disconnect, and every heartbeat
+    # arrived once, in order.
+    assert not vm.serial.eof
+    assert_hb_continuous(heartbeats(vm.serial))
+    assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.lines[-10:]
+    assert vm.quit() == 0
+
+
+def test_cpr_exec_between_builds(vms):
+    vm = vms(cmdline="heartbeat=5000", memory="256M")
+    vm.serial.wait(r"^HB 10$")
+    q = qmp_when_ready(vm)
+    assert q.ok("query-version")["qemu"]["micro"] == 0
+    q.close()
+    for binary, micro in [(NEXT, 99), (CPRVM, 0), (NEXT, 99)]:
+        m, _ = cpr_exec(vm, args_of(vm, binary))
+        assert m["status"] == "completed", m
+        q = qmp_when_ready(vm)
+        assert q.ok("query-version")["qemu"]["micro"] == micro
+        q.close()
+        assert os.readlink("/proc/%d/exe" % vm.proc.pid) == os.path.realpath(binary)
+        n = vm.serial.count()
+        vm.serial.wait(r"^HB \d+$", start=n + 3)
+    assert_hb_continuous(heartbeats(vm.serial))
+
+
+def test_cpr_exec_echo_client_20_updates(vms):
+    vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False)
+    s = connect_unix(vm.serial_path)
+    s.settimeout(30)
+    rnd = random.Random(7)
+    sent, got = bytearray(), bytearray()
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        try:
+            while not stop.is_set():
+                chunk = bytes(rnd.getrandbits(8) for _ in range(64))
+                s.sendall(chunk)
+                sent.extend(chunk)
+                time.sleep(0.002)
+        except OSError as e:
+            errors.append(e)
+
+    def reader():
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    errors.append("EOF on the console")
+                    return
+                got.extend(d)
+        except socket.timeout:
+            return
+        except OSError as e:
+            errors.append(e)
+
+    tw, tr = threading.Thread(target=writer), threading.Thread(target=reader)
+    tw.start()
+    tr.start()
+    try:
+        for _ in range(20):
+            m, _ = cpr_exec(vm)
+            assert m["status"] == "completed", m
+    finally:
+        stop.set()
+        tw.join()
+    wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
+    s.shutdown(socket.SHUT_WR)  # the reader then sees the end and stops
+    s.settimeout(2)
+    tr.join()
+    s.close()
+    errors = [e for e in errors if e != "EOF on the console"]
+    assert not errors, errors
+    assert len(sent) > 1000
+    assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
+        next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
+
+
+def test_cpr_exec_pty_client(vms):
+    vm = vms(cmdline="heartbeat=5000", memory="256M", serial="pty")
+    vm.serial.wait(r"^HB \d+$")
+    path = vm._pty_path()
+    for _ in range(5):
+        m, _ = cpr_exec(vm)
+        assert m["status"] == "completed"
+        n = vm.serial.count()
+        vm.serial.wait(r"^HB \d+$", start=n + 3)
+    assert vm._pty_path() == path  # the same device, not a new one
+    assert_hb_continuous(heartbeats(vm.serial))
+
+
+def test_cpr_exec_file_console_continues(vms):
+    vm = vms(cmdline="heartbeat=5000", memory="256M", serial="file")
+    vm.serial.wait(r"^HB 5$")
+    for _ in range(3):
+        assert cpr_exec(vm)[0]["status"] == "completed"
+    n = vm.serial.count()
+    vm.serial.wait(r"^HB \d+$", start=n + 5)
+    # Not truncated, not reopened: one unbroken sequence from HB 0.
+    hbs = heartbeats(vm.serial)
+    assert hbs[0][1] == 0
+    assert_hb_continuous(hbs)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-executable", "refuses-state"])
+def test_cpr_exec_rollback(vms, tmp_path, case):
+    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M")
+    vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
+    pid = vm.proc.pid
+    if case == "missing":
+        cmd = [str(tmp_path / "no-such-cprvm")] + vm.args[1:]
+        why = "cannot execute"
+    elif case == "not-executable":
+        p = tmp_path / "cprvm-text"
+        p.write_text("not a program\n")
+        cmd = [str(p)] + vm.args[1:]
+        why = "cannot execute"
+    else:
+        # The new image is started with another --memory: it must refuse
+        # the state, and the previous binary takes the guest back.
+        args = vm.args[1:]
+        i = args.index("--memory")
+        args[i + 1] = "512M"
+        cmd = [NEXT] + args
+        why = "--memory"
+    m, st = cpr_exec(vm, cmd)
+    assert m["status"] == "failed" and why in m["error-desc"], m
+    assert st["status"] == "running"
+    assert vm.proc.pid == pid and vm.proc.poll() is None
+    q = qmp_when_ready(vm)
+    assert q.ok("query-version")["qemu"]["micro"] == 0  # still the old build
+    q.close()
+    n = vm.serial.count()
+    vm.serial.wait(r"^OK \d+ cpu=0$", start=n, timeout=30)
+    vm.serial.wait(r"^HB \d+$", start=vm.serial.count() + 3)
+    assert_hb_continuous(heartbeats(vm.serial))
+    assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
+    # And a good update still works afterwards.
+    assert cpr_exec(vm, args_of(vm))[0]["status"] == "completed"
