@@ -33,8 +33,9 @@ static const char usage_text[] =
 	"                       unix:PATH (listening; one client at a time)\n"
 	"  --qmp PATH           QMP server on a unix socket (mode 0600)\n"
 	"  --incoming URI       load state instead of booting: file:PATH (a snapshot\n"
-	"                       written by QMP migrate), then run the guest; or defer:\n"
-	"                       wait for QMP migrate-incoming\n"
+	"                       written by QMP migrate), then run the guest; defer:\n"
+	"                       wait for QMP migrate-incoming; unix:PATH: receive a\n"
+	"                       running guest from another cprvm (cpr-transfer)\n"
 	"  --name NAME          a name for this VM (shown in messages)\n"
 	"  -v, --verbose        more messages on stderr (repeat for debug)\n"
 	"  -h, --help           this help\n"
@@ -135,8 +136,10 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 		die("--memory must be at least %lluM", CPRVM_MIN_MEM >> 20);
 	if (cfg->cmdline && strlen(cfg->cmdline) > CPRVM_MAX_CMDLINE)
 		die("--cmdline is longer than %d bytes", CPRVM_MAX_CMDLINE);
-	if (cfg->incoming && strncmp(cfg->incoming, "file:", 5) && strcmp(cfg->incoming, "defer"))
-		die("--incoming '%s' is not supported yet (use file:PATH or defer)", cfg->incoming);
+	if (cfg->incoming && strncmp(cfg->incoming, "file:", 5) && strcmp(cfg->incoming, "defer") &&
+	    (strncmp(cfg->incoming, "unix:", 5) || !cfg->incoming[5]))
+		die("--incoming '%s' is not supported yet (use file:PATH, unix:PATH or defer)",
+		    cfg->incoming);
 	if (cfg->incoming && !strcmp(cfg->incoming, "defer") && !cfg->qmp_path)
 		die("--incoming defer needs --qmp (state arrives with QMP migrate-incoming)");
 	if (cfg->incoming)
@@ -191,6 +194,14 @@ int main(int argc, char **argv)
 	if (cpr_incoming_pending()) {
 		/* Live update: this image takes over a running guest. */
 		ret = cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err));
+		if (ret < 0)
+			die("%s", err);
+		goto run;
+	}
+	if (cfg.incoming && !strncmp(cfg.incoming, "unix:", 5)) {
+		/* cpr-transfer: the old process sends state and fds here. */
+		ret = cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &m.vm, &qmp, err,
+					    sizeof(err));
 		if (ret < 0)
 			die("%s", err);
 		goto run;

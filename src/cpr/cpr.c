@@ -20,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -250,6 +253,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 		off += strlen(cpr.argv[i]) + 1;
 	}
 	cs->prev_argv_len = off;
+	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
 	if ((ret = cpr_add_fd(cs, "ram", vm->mem.fd)) < 0 ||
 	    (ret = cpr_add_fd(cs, "qmp", cpr.qmp_fd)) < 0 ||
@@ -320,6 +324,7 @@ out_resume:
 		waitpid(keeper, NULL, 0);
 	if (kstack != MAP_FAILED)
 		munmap(kstack, KEEPER_STACK);
+	chardev_set_frozen(vm->serial_chr, false);
 	vm_resume(vm);
 out_free:
 	if (exefd >= 0)
@@ -370,8 +375,38 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
 
-int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		 struct qmp_server **qmp_out, char *err, size_t errlen)
+/* cpr-transfer's little protocol on the migration socket, after the state:
+ *   new -> old  'R'               VM built, state applied, ready to run
+ *               'F' reason\0      refused (the old one resumes)
+ *   old -> new  'G'               the old one will never run the guest again
+ *   new -> old  'K'               the guest runs here; the old one may exit */
+#define XFER_MAGIC 0x54525043u /* "CPRT" */
+#define XFER_TIMEOUT_MS 10000
+
+static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
+{
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	ssize_t n;
+
+	if (poll(&p, 1, timeout_ms) <= 0) {
+		snprintf(why, whylen, "no answer within %d ms", timeout_ms);
+		return -ETIMEDOUT;
+	}
+	n = recv(sock, out, 1, 0);
+	if (n <= 0) {
+		snprintf(why, whylen, "the other process is gone");
+		return -EPIPE;
+	}
+	return 0;
+}
+
+/* Builds the VM from a validated stream and handed-over fds and starts the
+ * guest. Transfer mode (sock >= 0): the cpr section's fd numbers index
+ * recv_fds, and the start waits for the old process's go-ahead; failures are
+ * told to it. Exec mode: failures exec the previous binary. */
+static int cpr_adopt(struct vm_config *cfg, struct loop *loop, const uint8_t *buf, size_t len,
+		     const int *recv_fds, int nr_recv, int sock, int memfd, struct vm **vm_out,
+		     struct qmp_server **qmp_out, char *err, size_t errlen)
 {
 	struct stream_index idx = { 0 };
 	struct snapshot snap = { .fd = -1 };
@@ -379,48 +414,49 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
 	struct qmp_server *qmp = NULL;
 	struct vm *vm = NULL;
-	const char *rollback = getenv(CPR_ENV_ROLLBACK);
-	char why[480] = "";
-	uint8_t *buf = NULL;
-	struct stat st;
-	int memfd = atoi(getenv(CPR_ENV_STATE)), ret, fd;
+	const char *rollback = sock < 0 ? getenv(CPR_ENV_ROLLBACK) : NULL;
+	char why[480] = "", c;
 	bool have_idx = false;
+	int ret, fd;
 
-	unsetenv(CPR_ENV_STATE);
 	if (!cs || !ho) {
 		snprintf(err, errlen, "out of memory");
+		free(cs);
+		free(ho);
 		return -ENOMEM;
 	}
-	if (fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
-	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
-		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
-		ret = -EINVAL;
-		goto out_err;
-	}
-	fcntl(memfd, F_SETFD, FD_CLOEXEC);
 	chardev_keep_socket_files = true;
 	/* The registry first: without it there is no way back. */
-	ret = stream_parse(buf, st.st_size, &idx, why, sizeof(why));
+	ret = stream_parse(buf, len, &idx, why, sizeof(why));
 	if (ret == 0) {
 		ret = stream_get_state(&idx, "cpr", &cpr_state_desc, cs, why, sizeof(why));
 		stream_index_free(&idx);
 	}
-	if (ret < 0) {
-		snprintf(err, errlen, "live update: unusable state: %s", why);
-		goto out_err;
-	}
-	ret = snapshot_load_stream(buf, st.st_size, cfg, true, &snap, &idx, why, sizeof(why));
 	if (ret < 0)
-		goto out_rollback;
+		goto out_refuse;
+	if (recv_fds) {
+		for (uint32_t i = 0; i < cs->nr_fds; i++) {
+			if (cs->fds[i].fd >= (uint32_t)nr_recv) {
+				snprintf(why, sizeof(why), "fd '%.24s' was not received",
+					 (const char *)cs->fds[i].name);
+				ret = -EBADF;
+				goto out_refuse;
+			}
+			cs->fds[i].fd = recv_fds[cs->fds[i].fd];
+		}
+	}
+	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, sizeof(why));
+	if (ret < 0)
+		goto out_refuse;
 	have_idx = true;
 	ret = stream_get_state(&idx, "chardev/serial0", &chardev_handover_desc, ho, why,
 			       sizeof(why));
 	if (ret < 0)
-		goto out_rollback;
+		goto out_refuse;
 	if (snap.machine.ram_mode != RAM_IN_FD) {
 		snprintf(why, sizeof(why), "state does not hand over RAM as an fd");
 		ret = -EINVAL;
-		goto out_rollback;
+		goto out_refuse;
 	}
 	/* Everything is checked: claim fds (dups, see the top of the file). */
 	cfg->adopt_ram_fd = dup_claim(cs, "ram");
@@ -431,62 +467,329 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	if (cfg->adopt_ram_fd < 0) {
 		snprintf(why, sizeof(why), "no guest RAM fd handed over");
 		ret = -EBADF;
-		goto out_rollback;
+		goto out_refuse;
 	}
 	if (cfg->qmp_path) {
 		fd = dup_claim(cs, "qmp");
 		ret = qmp_server_new_fd(&qmp, cfg->qmp_path, fd, loop, why, sizeof(why));
 		if (ret < 0)
-			goto out_rollback;
+			goto out_refuse;
 	}
 	ret = vm_create(&vm, cfg, loop, why, sizeof(why));
 	if (ret < 0)
-		goto out_rollback;
+		goto out_refuse;
 	ret = snapshot_apply(&snap, vm, true, why, sizeof(why));
 	if (ret < 0)
-		goto out_rollback;
+		goto out_refuse;
 	if (qmp) {
 		ret = qmp_commands_register(qmp, vm);
 		if (ret < 0) {
 			snprintf(why, sizeof(why), "cannot register QMP commands");
-			goto out_rollback;
+			goto out_refuse;
 		}
 		cpr_set_qmp_fd(qmp_server_listen_fd(qmp));
+	}
+	if (sock >= 0) {
+		/* Never run the guest unless the old process has let go of it. */
+		if (send(sock, "R", 1, MSG_NOSIGNAL) != 1 ||
+		    xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why)) < 0 || c != 'G') {
+			if (!why[0])
+				snprintf(why, sizeof(why), "the old process did not let go");
+			ret = -ECANCELED;
+			goto out_refuse;
+		}
 	}
 	ret = vm_start(vm);
 	if (ret < 0) {
 		snprintf(why, sizeof(why), "cannot start vCPUs: %s", strerror(-ret));
-		goto out_rollback;
+		goto out_refuse;
 	}
+	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
+		pr_warn("cpr-transfer: could not confirm to the old process");
 	/* The guest runs: report, then let go of the old world. */
 	vm_cpr_completed(vm, (int64_t)(now_ns() - cs->stop_ns) / 1000, rollback);
 	chardev_keep_socket_files = false;
-	signal(SIGCHLD, SIG_IGN); /* the keeper reaps itself */
+	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
 	for (uint32_t i = 0; i < cs->nr_fds; i++)
 		close(cs->fds[i].fd);
-	close(memfd);
 	stream_index_free(&idx);
 	free(snap.vcpus);
-	free(buf);
 	free(cs);
-	*vm_out = vm;
-	*qmp_out = qmp;
-	/* ho is referenced by cfg only during vm_create; free it now. */
 	cfg->serial_handover = NULL;
 	free(ho);
+	*vm_out = vm;
+	*qmp_out = qmp;
 	return 0;
 
-out_rollback:
+out_refuse:
 	snprintf(err, errlen, "live update: %s", why);
-	cpr_rollback(cs, memfd, why);
-out_err:
+	if (sock >= 0) {
+		/* Tell the old process, which resumes the guest. */
+		char msg[512];
+		int n = snprintf(msg, sizeof(msg), "F%s", why);
+		send(sock, msg, (size_t)n + 1, MSG_NOSIGNAL);
+	} else {
+		cpr_rollback(cs, memfd, why);
+	}
 	if (have_idx)
 		stream_index_free(&idx);
 	free(snap.vcpus);
-	free(buf);
 	free(cs);
 	free(ho);
 	(void)vm;
 	(void)qmp;
 	return ret < 0 ? ret : -EINVAL;
+}
+
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+		 struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	int memfd = atoi(getenv(CPR_ENV_STATE)), ret;
+	uint8_t *buf = NULL;
+	struct stat st;
+
+	unsetenv(CPR_ENV_STATE);
+	if (fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
+	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
+		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
+		free(buf);
+		return -EINVAL;
+	}
+	fcntl(memfd, F_SETFD, FD_CLOEXEC);
+	ret = cpr_adopt(cfg, loop, buf, st.st_size, NULL, 0, -1, memfd, vm_out, qmp_out, err,
+			errlen);
+	if (ret == 0)
+		close(memfd);
+	free(buf);
+	return ret;
+}
+
+/* --- cpr-transfer --------------------------------------------------------------- */
+
+struct xfer_hdr {
+	uint32_t magic;
+	uint32_t nr_fds;
+	uint64_t len;
+};
+
+static int xfer_recv_all(int sock, void *buf, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		ssize_t n = recv(sock, (char *)buf + off, len - off, 0);
+		if (n <= 0)
+			return n < 0 ? -errno : -EPIPE;
+		off += n;
+	}
+	return 0;
+}
+
+int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
+			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
+		struct cmsghdr align;
+	} ctl;
+	struct xfer_hdr h;
+	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+			      .msg_controllen = sizeof(ctl.buf) };
+	int lfd = -1, sock = -1, fds[CPR_MAX_FDS], nfds = 0, ret;
+	uint8_t *buf = NULL;
+	struct cmsghdr *cm;
+	ssize_t n;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "--incoming unix: path too long");
+		return -ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, path);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 1) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot listen on '%s' for incoming state: %s", path,
+			 strerror(-ret));
+		if (lfd >= 0)
+			close(lfd);
+		return ret;
+	}
+	pr_info("cpr-transfer: waiting for the old process on %s", path);
+	sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	close(lfd);
+	unlink(path);
+	if (sock < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "accepting the old process: %s", strerror(-ret));
+		return ret;
+	}
+	n = recvmsg(sock, &msg, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			if (nfds > CPR_MAX_FDS)
+				nfds = CPR_MAX_FDS;
+			memcpy(fds, CMSG_DATA(cm), nfds * sizeof(int));
+		}
+	if (n != sizeof(h) || h.magic != XFER_MAGIC || h.len == 0 || h.len > (256 << 20) ||
+	    (msg.msg_flags & MSG_CTRUNC)) {
+		snprintf(err, errlen, "cpr-transfer: bad message from the old process");
+		send(sock, "Fbad message", 13, MSG_NOSIGNAL);
+		ret = -EPROTO;
+		goto out;
+	}
+	buf = malloc(h.len);
+	if (!buf || (ret = xfer_recv_all(sock, buf, h.len)) < 0) {
+		snprintf(err, errlen, "cpr-transfer: the state did not arrive whole");
+		ret = -EPROTO;
+		goto out;
+	}
+	ret = cpr_adopt(cfg, loop, buf, h.len, fds, nfds, sock, -1, vm_out, qmp_out, err, errlen);
+out:
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	close(sock);
+	free(buf);
+	return ret;
+}
+
+int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	struct machine_state ms;
+	struct sbuf b = SBUF_INIT;
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
+		struct cmsghdr align;
+	} ctl;
+	struct xfer_hdr h = { .magic = XFER_MAGIC };
+	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	char why[480] = "", c;
+	int sock = -1, ret;
+	int fds[CPR_MAX_FDS];
+
+	if (!cs || !ho) {
+		ret = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out_free;
+	}
+	if (vm->mem.private_map) {
+		snprintf(err, errlen, "cpr-transfer: guest RAM is a private copy of a snapshot");
+		ret = -EINVAL;
+		goto out_free;
+	}
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "cpr-transfer: path too long");
+		ret = -ENAMETOOLONG;
+		goto out_free;
+	}
+	strcpy(sa.sun_path, path);
+	/* Reach the new process before stopping anything. */
+	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sock < 0 || connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cpr-transfer: cannot reach '%s': %s", path, strerror(-ret));
+		goto out_free;
+	}
+	cs->stop_ns = now_ns();
+	ret = vm_pause(vm);
+	if (ret < 0) {
+		snprintf(err, errlen, "cpr-transfer: cannot stop the vCPUs: %s", strerror(-ret));
+		goto out_free;
+	}
+	chardev_set_frozen(vm->serial_chr, true);
+	chardev_export(vm->serial_chr, ho);
+	/* In the registry, "fd" is the index in the SCM_RIGHTS array. */
+	{
+		const struct { const char *name; int fd; } out[] = {
+			{ "ram", vm->mem.fd },
+			{ "qmp", cpr.qmp_fd },
+			{ "serial0-listen", ho->listen_fd },
+			{ "serial0-conn", ho->conn_fd },
+		};
+		for (size_t i = 0; i < ARRAY_SIZE(out); i++) {
+			if (out[i].fd < 0)
+				continue;
+			fds[h.nr_fds] = out[i].fd;
+			cpr_add_fd(cs, out[i].name, (int)h.nr_fds);
+			h.nr_fds++;
+		}
+	}
+	snapshot_machine(vm, &ms, RAM_IN_FD);
+	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
+				       CPRVM_VERSION_MICRO)) < 0 ||
+	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = snapshot_put_devices(vm, &b)) < 0 ||
+	    (ret = stream_put_state(&b, "chardev/serial0", &chardev_handover_desc, ho,
+				    STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_writer_end(&b)) < 0) {
+		snprintf(why, sizeof(why), "cannot capture VM state: %s", strerror(-ret));
+		goto out_resume;
+	}
+	h.len = b.len;
+	msg.msg_control = ctl.buf;
+	msg.msg_controllen = CMSG_SPACE(sizeof(int) * h.nr_fds);
+	{
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * h.nr_fds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * h.nr_fds);
+	}
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
+	    send(sock, b.data, b.len, MSG_NOSIGNAL) != (ssize_t)b.len) {
+		snprintf(why, sizeof(why), "cannot send the state: %s", strerror(errno));
+		ret = -EPIPE;
+		goto out_resume;
+	}
+	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why));
+	if (ret < 0)
+		goto out_resume;
+	if (c != 'R') {
+		size_t n = 0;
+		/* 'F' and the new process's reason */
+		while (n < sizeof(why) - 1 && recv(sock, why + n, 1, 0) == 1 && why[n])
+			n++;
+		why[n] = 0;
+		if (!n)
+			snprintf(why, sizeof(why), "the new process refused the state");
+		ret = -ECANCELED;
+		goto out_resume;
+	}
+	/* Point of no return: from here on only the new process runs the guest. */
+	if (send(sock, "G", 1, MSG_NOSIGNAL) != 1) {
+		snprintf(why, sizeof(why), "the new process is gone");
+		ret = -EPIPE;
+		goto out_resume;
+	}
+	if (xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why)) < 0 || c != 'K')
+		pr_warn("cpr-transfer: no confirmation from the new process (%s)", why);
+	close(sock);
+	/* Its sockets are the new process's now: leave their files alone. */
+	chardev_keep_socket_files = true;
+	vm->migration.status = "completed";
+	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
+	sbuf_free(&b);
+	free(ho);
+	free(cs);
+	return 0;
+
+out_resume:
+	/* A failed outgoing update leaves the guest running here, as it was. */
+	close(sock);
+	sock = -1;
+	chardev_set_frozen(vm->serial_chr, false);
+	vm_resume(vm);
+	snprintf(err, errlen, "cpr-transfer: %s", why);
+out_free:
+	if (sock >= 0)
+		close(sock);
+	sbuf_free(&b);
+	free(ho);
+	free(cs);
+	return ret;
 }

@@ -45,4 +45,12 @@ bool cpr_incoming_pending(void);
 int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 		 struct qmp_server **qmp_out, char *err, size_t errlen);
 
+/* cpr-transfer, old side: the new process listens on path (started with
+ * --incoming unix:PATH). 0: the guest runs there now and this process must
+ * exit without touching shared files; <0: the guest runs here again. */
+int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen);
+/* New side: waits for the old process on path, then as cpr_incoming. */
+int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
+			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen);
+
 #endif

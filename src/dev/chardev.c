@@ -37,6 +37,7 @@ struct chardev {
 	bool input_on;
 	bool watching; /* in_fd/out_fd registered with the loop */
 	bool eof;      /* peer closed its sending side; drain then drop */
+	bool frozen;   /* being handed over: hands off the fds */
 	char *outbuf;
 	size_t outlen;
 	const struct chardev_client_ops *ops;
@@ -170,7 +171,7 @@ static void chardev_fd_event(int fd, uint32_t events, void *opaque)
 
 	(void)fd;
 	pthread_mutex_lock(&c->lock);
-	if (!c->connected) {
+	if (!c->connected || c->frozen) {
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}
@@ -216,6 +217,8 @@ static void chardev_accept(int fd, uint32_t events, void *opaque)
 	int cfd;
 
 	(void)events;
+	if (__atomic_load_n(&c->frozen, __ATOMIC_RELAXED))
+		return; /* a client arriving now belongs to the next process */
 	cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (cfd < 0)
 		return;
@@ -608,11 +611,20 @@ void chardev_set_client(struct chardev *c, const struct chardev_client_ops *ops,
 
 /* --- data path (vCPU threads) -------------------------------------------------- */
 
+void chardev_set_frozen(struct chardev *c, bool frozen)
+{
+	pthread_mutex_lock(&c->lock);
+	c->frozen = frozen;
+	pthread_mutex_unlock(&c->lock);
+}
+
 size_t chardev_write(struct chardev *c, const void *buf, size_t len)
 {
 	size_t done = 0;
 
 	pthread_mutex_lock(&c->lock);
+	if (c->frozen)
+		goto out;
 	if (!c->connected || c->out_fd < 0) {
 		done = len; /* unplugged line */
 		goto out;
@@ -657,7 +669,7 @@ size_t chardev_read(struct chardev *c, void *buf, size_t len)
 	bool gone = false;
 
 	pthread_mutex_lock(&c->lock);
-	if (c->connected && c->in_fd >= 0) {
+	if (c->connected && c->in_fd >= 0 && !c->frozen) {
 		n = read(c->in_fd, buf, len);
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR && errno != EIO)) {
 			c->eof = true;

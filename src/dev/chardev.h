@@ -52,7 +52,10 @@ struct chardev_handover {
 struct state_desc;
 extern const struct state_desc chardev_handover_desc;
 
-/* Fills h; the chardev must be quiet (vCPUs parked). */
+/* While frozen the chardev neither reads nor writes its fds (their bytes
+ * are being handed over); writes are refused, so the UART holds them. */
+void chardev_set_frozen(struct chardev *c, bool frozen);
+/* Fills h; the chardev must be quiet (vCPUs parked, frozen). */
 void chardev_export(struct chardev *c, struct chardev_handover *h);
 /* Like chardev_open, but over the fds of h (stdio and none open anew). */
 int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,

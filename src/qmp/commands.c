@@ -163,6 +163,23 @@ static void qmp_cpr_exec_after_reply(struct qmp_server *s, void *opaque)
 	}
 }
 
+static char cpr_transfer_uri[108];
+
+static void qmp_cpr_transfer_after_reply(struct qmp_server *s, void *opaque)
+{
+	char err[512];
+
+	qmp_server_flush(s, QMP_QUIT_FLUSH_MS);
+	if (cpr_transfer(opaque, cpr_transfer_uri, err, sizeof(err)) < 0) {
+		pr_err("%s", err);
+		migrate_failed(opaque, err);
+		return;
+	}
+	/* The guest runs in the new process, which owns the sockets now. */
+	qmp_server_release_path(s);
+	vm_quit(opaque, 0, "host-cpr-transfer", false);
+}
+
 static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 {
 	static const char *const allowed[] = { "uri", "detach", NULL };
@@ -191,7 +208,22 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 		qmp_req_after_reply(req, qmp_cpr_exec_after_reply, opaque);
 		return NULL;
 	case MIGRATE_MODE_CPR_TRANSFER:
-		qmp_req_error(req, QMP_ERR_GENERIC, "cpr-transfer is not supported yet");
+		if (strncmp(json_string_value(uri), "unix:", 5) || !json_string_value(uri)[5]) {
+			qmp_req_error(req, QMP_ERR_GENERIC,
+				      "cpr-transfer needs a unix:PATH URI (the new cprvm's "
+				      "--incoming)");
+			return NULL;
+		}
+		if (vm_get_run_state(opaque) != RUN_STATE_RUNNING &&
+		    vm_get_run_state(opaque) != RUN_STATE_PAUSED) {
+			qmp_req_error(req, QMP_ERR_GENERIC, "cpr-transfer: the VM is %s",
+				      vm_run_state_name(vm_get_run_state(opaque)));
+			return NULL;
+		}
+		snprintf(cpr_transfer_uri, sizeof(cpr_transfer_uri), "%s",
+			 json_string_value(uri) + 5);
+		vm_migration(opaque)->status = "setup";
+		qmp_req_after_reply(req, qmp_cpr_transfer_after_reply, opaque);
 		return NULL;
 	default:
 		break;

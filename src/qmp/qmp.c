@@ -673,6 +673,14 @@ static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *
 	return 0;
 }
 
+void qmp_server_release_path(struct qmp_server *s)
+{
+	if (s) {
+		s->dev = 0;
+		s->ino = 0;
+	}
+}
+
 int qmp_server_listen_fd(struct qmp_server *s)
 {
 	return s ? s->fd : -1;

@@ -55,6 +55,8 @@ void qmp_server_free(struct qmp_server *s);
  * (live update) when adopt_fd >= 0. */
 int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, struct loop *loop,
 		      char *err, size_t errlen);
+/* The socket file now belongs to another process: do not unlink it. */
+void qmp_server_release_path(struct qmp_server *s);
 /* The listening socket, for live update to hand over. */
 int qmp_server_listen_fd(struct qmp_server *s);
 /* Blocks up to timeout_ms writing every client's pending output. Returns 0
