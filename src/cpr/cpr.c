@@ -644,6 +644,14 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		ret = -EPROTO;
 		goto out;
 	}
+	/* Fault injection for the rollback tests: die or hang with the fds. */
+	if (getenv("CPRVM_TEST_XFER_FAULT")) {
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "kill"))
+			raise(SIGKILL);
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
+			for (;;)
+				pause();
+	}
 	ret = cpr_adopt(cfg, loop, buf, h.len, fds, nfds, sock, -1, vm_out, qmp_out, err, errlen);
 out:
 	for (int i = 0; i < nfds; i++)

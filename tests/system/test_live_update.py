@@ -5,6 +5,7 @@ import os
 import random
 import re
 import socket
+import subprocess
 import threading
 import time
 
@@ -215,3 +216,106 @@ def test_cpr_exec_rollback(vms, tmp_path, case):
     assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
     # And a good update still works afterwards.
     assert cpr_exec(vm, args_of(vm))[0]["status"] == "completed"
+
+
+# --- cpr-transfer -------------------------------------------------------------
+
+def start_incoming(vm, tmp_path, n, args=None, env=None):
+    inc = str(tmp_path / ("incoming%d.sock" % n))
+    p = subprocess.Popen((args or vm.args) + ["--incoming", "unix:" + inc],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(str(tmp_path / ("new%d.err" % n)), "wb"),
+                         env=dict(os.environ, **(env or {})))
+    wait_for(lambda: os.path.exists(inc) or p.poll() is not None, 10, "incoming socket")
+    assert os.path.exists(inc), open(str(tmp_path / ("new%d.err" % n))).read()
+    return p, inc
+
+
+def cpr_transfer(vm, inc):
+    q = qmp_when_ready(vm)
+    q.ok("migrate-set-parameters", mode="cpr-transfer")
+    assert q.cmd("migrate", uri="unix:" + inc) == {"return": {}}
+    q.close()
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus):
+    vm = vms(cmdline="heartbeat=5000 verify=64", memory="512M", cpus=cpus)
+    for cpu in range(cpus):
+        vm.serial.wait(r"^OK 2 cpu=%d$" % cpu, timeout=60)
+    current = vm.proc
+    extra = []
+    try:
+        for i in range(4):
+            binary = NEXT if i % 2 == 0 else CPRVM  # alternate builds
+            new, inc = start_incoming(vm, tmp_path, i, args=args_of(vm, binary))
+            extra.append(new)
+            cpr_transfer(vm, inc)
+            assert current.wait(20) == 0  # the old process leaves by itself
+            current = new
+            q = qmp_when_ready(vm)
+            assert q.ok("query-status")["status"] == "running"
+            assert q.ok("query-migrate")["status"] == "completed"
+            assert q.ok("query-version")["qemu"]["micro"] == (99 if binary == NEXT else 0)
+            q.close()
+            n = vm.serial.count()
+            vm.serial.wait(r"^HB \d+$", start=n + 3)
+        for cpu in range(cpus):
+            vm.serial.wait(r"^OK \d+ cpu=%d$" % cpu, start=vm.serial.count(), timeout=30)
+        assert not vm.serial.eof
+        assert_hb_continuous(heartbeats(vm.serial))
+        assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
+        assert os.path.exists(vm.qmp_path) and os.path.exists(vm.serial_path)
+    finally:
+        for p in extra:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("case", ["killed-before", "killed-after-fds", "refuses", "hangs"])
+def test_cpr_transfer_rollback(vms, tmp_path, case):
+    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M")
+    vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
+    env, args = None, None
+    if case == "killed-after-fds":
+        env = {"CPRVM_TEST_XFER_FAULT": "kill"}
+    elif case == "hangs":
+        env = {"CPRVM_TEST_XFER_FAULT": "hang"}
+    elif case == "refuses":
+        args = list(vm.args)
+        args[args.index("--cpus") + 1] = "2"
+    new, inc = start_incoming(vm, tmp_path, 0, args=args, env=env)
+    try:
+        if case == "killed-before":
+            new.kill()
+            new.wait()
+        cpr_transfer(vm, inc)
+        def outcome():
+            q = qmp_when_ready(vm, timeout=30)
+            r = q.ok("query-migrate")
+            st = q.ok("query-status")
+            q.close()
+            return (r, st) if r.get("status") in ("completed", "failed") else None
+        m, st = wait_for(outcome, 30, "the transfer's outcome")
+        assert m["status"] == "failed", m
+        assert st["status"] == "running"
+        assert vm.proc.poll() is None
+        if case == "refuses":
+            assert "--cpus" in m["error-desc"]
+        vm.serial.wait(r"^OK \d+ cpu=0$", start=vm.serial.count(), timeout=30)
+        vm.serial.wait(r"^HB \d+$", start=vm.serial.count() + 3)
+        assert_hb_continuous(heartbeats(vm.serial))
+        assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
+    finally:
+        if new.poll() is None:
+            new.kill()
+            new.wait()
+    # The guest can still be updated afterwards.
+    new2, inc2 = start_incoming(vm, tmp_path, 1)
+    cpr_transfer(vm, inc2)
+    assert vm.proc.wait(20) == 0
+    q = qmp_when_ready(vm)
+    assert q.ok("query-migrate")["status"] == "completed"
+    q.cmd("quit")
+    new2.wait(20)
