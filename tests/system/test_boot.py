@@ -83,7 +83,7 @@ def test_guest_crash_reported(vms):
     # The guest loads an empty IDT and raises an exception at CPL0: a triple
     # fault on hardware; this nested KVM reports it as an emulation failure.
     # Either way: an error naming the cause, with the vCPU's registers.
-    vm = vms(cmdline="crash")
+    vm = vms(cmdline="crash", serial="stdio")
     rc = vm.wait_exit()
     assert rc == 1
     err = vm.stderr()
