@@ -319,3 +319,37 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
     assert q.ok("query-migrate")["status"] == "completed"
     q.cmd("quit")
     new2.wait(20)
+
+
+SOAK = int(os.environ.get("CPRVM_SOAK_UPDATES", "200"))
+
+
+def test_soak_alternating_modes(vms, tmp_path):
+    """Many updates in a row, cpr-exec and cpr-transfer taking turns, with the
+    guest dirtying memory and verifying its pattern all along."""
+    vm = vms(cmdline="heartbeat=5000 dirty=20,wss=32 verify=32", memory="256M", cpus=2)
+    for cpu in range(2):
+        vm.serial.wait(r"^OK 1 cpu=%d$" % cpu, timeout=60)
+    current, spare = vm.proc, []
+    try:
+        for i in range(SOAK):
+            if i % 2 == 0:
+                m, st = cpr_exec(vm)
+                assert m["status"] == "completed", (i, m)
+            else:
+                new, inc = start_incoming(vm, tmp_path, i)
+                spare.append(new)
+                cpr_transfer(vm, inc)
+                assert current.wait(20) == 0
+                current = new
+        for cpu in range(2):
+            vm.serial.wait(r"^OK \d+ cpu=%d$" % cpu, start=vm.serial.count(), timeout=30)
+        vm.serial.wait(r"^HB \d+$", start=vm.serial.count() + 3)
+        assert not vm.serial.eof
+        assert_hb_continuous(heartbeats(vm.serial))
+        assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.lines[-10:]
+    finally:
+        for p in spare:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
