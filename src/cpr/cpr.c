@@ -50,7 +50,8 @@ struct cpr_fd {
 struct cpr_state {
 	uint32_t nr_fds;
 	struct cpr_fd fds[CPR_MAX_FDS];
-	uint64_t stop_ns;  /* CLOCK_MONOTONIC when the vCPUs stopped */
+	uint64_t stop_ns;  /* CLOCK_MONOTONIC (system-wide) when the stop began */
+	uint64_t paused_ns, captured_ns; /* every vCPU out; state in memory */
 	uint32_t keeper_pid;
 	uint32_t prev_argv_len; /* the old image's argv, NUL-separated */
 	char prev_argv[CPR_ARGV_MAX];
@@ -67,6 +68,8 @@ static const struct state_field cpr_fields[] = {
 	STATE_FIELD_U64(2, struct cpr_state, stop_ns),
 	STATE_FIELD_U32(3, struct cpr_state, keeper_pid),
 	STATE_FIELD_VBYTES(4, struct cpr_state, prev_argv, prev_argv_len),
+	STATE_FIELD_U64(5, struct cpr_state, paused_ns),
+	STATE_FIELD_U64(6, struct cpr_state, captured_ns),
 };
 static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fields);
 
@@ -243,6 +246,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 		snprintf(err, errlen, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_free;
 	}
+	cs->paused_ns = now_ns();
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "cpr-exec: pipe: %s", strerror(-ret));
@@ -281,6 +285,10 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 		goto out_resume;
 	}
 	cs->keeper_pid = keeper;
+	/* Stamped before the device state is read (the stamp itself travels in
+	 * that state): "prepare" ends here, "handover" covers reading the
+	 * state, the exec and the new image's start-up. */
+	cs->captured_ns = now_ns();
 
 	snapshot_machine(vm, &ms, RAM_IN_FD);
 	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
@@ -418,6 +426,7 @@ static int cpr_adopt(struct vm_config *cfg, struct loop *loop, const uint8_t *bu
 	char why[480] = "", c;
 	bool have_idx = false;
 	int ret, fd;
+	uint64_t t_adopt = now_ns(), t_built, t_applied;
 
 	if (!cs || !ho) {
 		snprintf(err, errlen, "out of memory");
@@ -478,9 +487,11 @@ static int cpr_adopt(struct vm_config *cfg, struct loop *loop, const uint8_t *bu
 	ret = vm_create(&vm, cfg, loop, why, sizeof(why));
 	if (ret < 0)
 		goto out_refuse;
+	t_built = now_ns();
 	ret = snapshot_apply(&snap, vm, true, why, sizeof(why));
 	if (ret < 0)
 		goto out_refuse;
+	t_applied = now_ns();
 	if (qmp) {
 		ret = qmp_commands_register(qmp, vm);
 		if (ret < 0) {
@@ -507,7 +518,23 @@ static int cpr_adopt(struct vm_config *cfg, struct loop *loop, const uint8_t *bu
 	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
 		pr_warn("cpr-transfer: could not confirm to the old process");
 	/* The guest runs: report, then let go of the old world. */
-	vm_cpr_completed(vm, (int64_t)(now_ns() - cs->stop_ns) / 1000, rollback);
+	{
+		uint64_t t_run = now_ns();
+		/* Blackout phases (us): stop (vCPUs out), prepare (keeper),
+		 * handover (state read and written, exec or send, new image
+		 * start-up), rebuild (KVM VM, memslots, vCPUs, devices),
+		 * restore (state into KVM), resume (vCPU threads started). */
+		int64_t ph[6] = {
+			cs->paused_ns ? (int64_t)(cs->paused_ns - cs->stop_ns) / 1000 : 0,
+			cs->captured_ns ? (int64_t)(cs->captured_ns - cs->paused_ns) / 1000 : 0,
+			cs->captured_ns ? (int64_t)(t_adopt - cs->captured_ns) / 1000 : 0,
+			(int64_t)(t_built - t_adopt) / 1000,
+			(int64_t)(t_applied - t_built) / 1000,
+			(int64_t)(t_run - t_applied) / 1000,
+		};
+		vm_cpr_completed(vm, (int64_t)(t_run - cs->stop_ns) / 1000, rollback);
+		vm_cpr_phases(vm, ph);
+	}
 	chardev_keep_socket_files = false;
 	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
 	for (uint32_t i = 0; i < cs->nr_fds; i++)
@@ -708,6 +735,7 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "cpr-transfer: cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_free;
 	}
+	cs->paused_ns = cs->captured_ns = now_ns();
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
 	/* In the registry, "fd" is the index in the SCM_RIGHTS array. */

@@ -68,6 +68,12 @@ void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_r
 	}
 }
 
+void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6])
+{
+	memcpy(vm->migration.phases_us, phases_us, sizeof(vm->migration.phases_us));
+	vm->migration.have_phases = true;
+}
+
 void migrate_failed(struct vm *vm, const char *why)
 {
 	struct migration *mig = &vm->migration;

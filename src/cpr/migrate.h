@@ -18,6 +18,8 @@ struct migration {
 	const char *status; /* NULL: never started; "completed", "failed" */
 	int64_t total_ms_x1000, downtime_us, setup_us; /* microseconds */
 	uint64_t transferred, total;
+	bool have_phases;
+	int64_t phases_us[6]; /* live update blackout, see cpr.c */
 	char error[256];
 };
 
@@ -29,6 +31,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
  * downtime_us; rollback_reason non-NULL if this is the old binary taking
  * the guest back after a failed update. */
 void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason);
+void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6]);
 /* A cpr-exec that failed before exec(): the guest runs on, report it. */
 void migrate_failed(struct vm *vm, const char *why);
 const char *migrate_mode_name(enum migrate_mode m);

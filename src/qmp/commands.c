@@ -330,6 +330,14 @@ static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *op
 		json_object_set_new(r, "ram", json_pack("{s:I,s:I,s:I}", "transferred",
 							(json_int_t)mig->transferred, "total",
 							(json_int_t)mig->total, "remaining", (json_int_t)0));
+		if (mig->have_phases) {
+			static const char *const names[6] = { "stop", "prepare", "handover",
+							      "rebuild", "restore", "resume" };
+			json_t *ph = json_object();
+			for (int i = 0; i < 6; i++)
+				json_object_set_new(ph, names[i], json_integer(mig->phases_us[i]));
+			json_object_set_new(r, "x-blackout-us", ph);
+		}
 	} else if (!strcmp(mig->status, "failed")) {
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	}

@@ -121,6 +121,12 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 	struct kvm_msrs *buf;
 	int ret;
 
+	if (!vm->msr_indices) {
+		ret = vcpu_msr_list_probe(vm, vm->vcpus[0].fd, &vm->msr_indices,
+					  &vm->nr_msr_indices);
+		if (ret < 0)
+			return ret;
+	}
 	memset(s, 0, offsetof(struct vcpu_state, xsave));
 	/* MP state first: a vCPU still waiting for SIPI has nothing else
 	 * meaningful, and KVM_GET_MP_STATE also flushes pending APIC events

@@ -467,11 +467,8 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
 	tsc = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
 	vm->xsave_size = tsc > (int)sizeof(struct kvm_xsave) ? (uint32_t)tsc : sizeof(struct kvm_xsave);
-	ret = vcpu_msr_list_probe(vm, vm->vcpus[0].fd, &vm->msr_indices, &vm->nr_msr_indices);
-	if (ret < 0) {
-		vm_fail(err, errlen, ret, "KVM_GET_MSR_INDEX_LIST");
-		goto out_free;
-	}
+	/* The MSR list is probed at the first save (vcpu_state_save): it costs
+	 * one ioctl per MSR, which neither boot nor a live update should pay. */
 	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
