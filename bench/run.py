@@ -238,7 +238,7 @@ def file_sizes(path):
     return st.st_size, st.st_blocks * 512
 
 
-def check_space(size, mode):
+def check_space(size, mode, bench="snapshot"):
     """The guest touches ~256 MiB wherever its RAM is; a full snapshot holds
     about that much (sparse), QEMU's stream a little more. Refuse to start
     when /tmp or /dev/shm is too full rather than fill the machine's RAM."""
@@ -246,8 +246,8 @@ def check_space(size, mode):
     for d in (tempfile.gettempdir(), SHM):
         free = shutil.disk_usage(d).free
         if free < need:
-            raise RuntimeError("bench snapshot %s %s: only %d MiB free in %s"
-                               % (size, mode, free >> 20, d))
+            raise RuntimeError("bench %s %s %s: only %d MiB free in %s"
+                               % (bench, size, mode, free >> 20, d))
 
 
 def cprvm_once(tmp, size, mode):

@@ -188,6 +188,26 @@ static int keeper_main(void *p)
 
 /* --- outgoing --------------------------------------------------------------------- */
 
+/* The live-update stream, both modes: the machine with RAM handed over as an
+ * fd, every device, the serial backend's unwritten bytes, the fd registry. */
+static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
+			    const struct cpr_state *cs, struct sbuf *b)
+{
+	struct machine_state ms;
+	int ret;
+
+	snapshot_machine(vm, &ms, RAM_IN_FD);
+	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
+				       CPRVM_VERSION_MICRO)) < 0 ||
+	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = snapshot_put_devices(vm, b)) < 0 ||
+	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
+				    STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)
+		return ret;
+	return stream_writer_end(b);
+}
+
 static int cpr_write_memfd(const struct sbuf *b)
 {
 	int fd = memfd_create("cprvm-cpr-state", 0);
@@ -211,7 +231,6 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 {
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
-	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
 	struct keeper_arg ka;
 	char envval[32], **argv;
@@ -290,15 +309,8 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	 * state, the exec and the new image's start-up. */
 	cs->captured_ns = now_ns();
 
-	snapshot_machine(vm, &ms, RAM_IN_FD);
-	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
-				       CPRVM_VERSION_MICRO)) < 0 ||
-	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, &b)) < 0 ||
-	    (ret = stream_put_state(&b, "chardev/serial0", &chardev_handover_desc, ho,
-				    STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_writer_end(&b)) < 0) {
+	ret = cpr_build_stream(vm, ho, cs, &b);
+	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
 		goto out_resume;
 	}
@@ -693,7 +705,6 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
-	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
@@ -754,15 +765,8 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 			h.nr_fds++;
 		}
 	}
-	snapshot_machine(vm, &ms, RAM_IN_FD);
-	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
-				       CPRVM_VERSION_MICRO)) < 0 ||
-	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, &b)) < 0 ||
-	    (ret = stream_put_state(&b, "chardev/serial0", &chardev_handover_desc, ho,
-				    STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_writer_end(&b)) < 0) {
+	ret = cpr_build_stream(vm, ho, cs, &b);
+	if (ret < 0) {
 		snprintf(why, sizeof(why), "cannot capture VM state: %s", strerror(-ret));
 		goto out_resume;
 	}

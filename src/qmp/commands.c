@@ -192,17 +192,19 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 		qmp_req_error(req, QMP_ERR_GENERIC, "Parameter 'uri' is missing");
 		return NULL;
 	}
+	if (vm_migration(opaque)->mode != MIGRATE_MODE_NORMAL &&
+	    vm_get_run_state(opaque) != RUN_STATE_RUNNING &&
+	    vm_get_run_state(opaque) != RUN_STATE_PAUSED) {
+		qmp_req_error(req, QMP_ERR_GENERIC, "%s: the VM is %s",
+			      migrate_mode_name(vm_migration(opaque)->mode),
+			      vm_run_state_name(vm_get_run_state(opaque)));
+		return NULL;
+	}
 	switch (vm_migration(opaque)->mode) {
 	case MIGRATE_MODE_CPR_EXEC:
 		/* The state travels in a memfd whatever the URI says; the
 		 * reply goes out first, then this process becomes the new
 		 * binary (the connection closes; reconnect to the socket). */
-		if (vm_get_run_state(opaque) != RUN_STATE_RUNNING &&
-		    vm_get_run_state(opaque) != RUN_STATE_PAUSED) {
-			qmp_req_error(req, QMP_ERR_GENERIC, "cpr-exec: the VM is %s",
-				      vm_run_state_name(vm_get_run_state(opaque)));
-			return NULL;
-		}
 		/* Until the new image reports, query-migrate says "setup". */
 		vm_migration(opaque)->status = "setup";
 		qmp_req_after_reply(req, qmp_cpr_exec_after_reply, opaque);
@@ -212,12 +214,6 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 			qmp_req_error(req, QMP_ERR_GENERIC,
 				      "cpr-transfer needs a unix:PATH URI (the new cprvm's "
 				      "--incoming)");
-			return NULL;
-		}
-		if (vm_get_run_state(opaque) != RUN_STATE_RUNNING &&
-		    vm_get_run_state(opaque) != RUN_STATE_PAUSED) {
-			qmp_req_error(req, QMP_ERR_GENERIC, "cpr-transfer: the VM is %s",
-				      vm_run_state_name(vm_get_run_state(opaque)));
 			return NULL;
 		}
 		snprintf(cpr_transfer_uri, sizeof(cpr_transfer_uri), "%s",
