@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,6 +388,360 @@ def bench_snapshot():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+
+# --- live update ------------------------------------------------------------
+
+# HB lines every 2 ms, not 1 ms: each line is a port-I/O exit that costs the
+# guest ~0.8 ms here, so at 1 ms the guest would spend most of its time
+# printing. verify=256 keeps 256 MiB of RAM written and checked throughout.
+LU_HB_US = 2000
+LU_CMDLINE = "heartbeat=%d verify=256" % LU_HB_US
+LU_ERR = re.compile(r"^(BAD|FAIL|PANIC|ERR)")
+LU_STALL = re.compile(r"^STALL (\d+)$")
+LU_HB = re.compile(r"^HB (\d+)$")
+
+
+class Console:
+    """A serial socket read by a thread for as long as the VM lives: every
+    line with the time it arrived (time.monotonic). The connection is kept
+    across live updates, which must not break it."""
+
+    def __init__(self, path, proc, timeout=60.0):
+        end = time.monotonic() + timeout
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    self.sock.close()
+                    raise RuntimeError("no serial socket at %s" % path)
+                time.sleep(0.001)
+        self.lines = []
+        self.eof = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        pending = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            now = time.monotonic()
+            with self.cond:
+                if not data:
+                    self.eof = True
+                    self.cond.notify_all()
+                    return
+                *done, pending = (pending + data).split(b"\n")
+                for line in done:
+                    self.lines.append((now, line.decode("latin-1").rstrip("\r")))
+                self.cond.notify_all()
+
+    def wait(self, pred, timeout, what):
+        """Waits until pred(lines) is true; raises on timeout, on EOF and when
+        the guest reports an error."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                bad = [l for _, l in self.lines if LU_ERR.match(l)]
+                if bad:
+                    raise RuntimeError("guest reported an error: %r" % bad[:3])
+                if pred(self.lines):
+                    return
+                left = end - time.monotonic()
+                if left <= 0 or self.eof:
+                    raise RuntimeError("serial: no %s within %.0f s; last lines %r"
+                                       % (what, timeout, [l for _, l in self.lines[-5:]]))
+                self.cond.wait(min(left, 0.5))
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.lines)
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def stalls_after(lines, t):
+    return [(at, int(m.group(1))) for at, l in lines if at > t for m in [LU_STALL.match(l)] if m]
+
+
+def wait_stalls(cons, t, n, what):
+    """Waits until the last console has n STALL lines that arrived after t."""
+    cons[-1].wait(lambda lines: len(stalls_after(lines, t)) >= n, 30, what)
+
+
+def hb_window(lines, t_from, t_to):
+    """(largest gap between consecutive HB arrivals in the window, in ms,
+    minus the period; True if the sequence numbers are consecutive)."""
+    hbs = [(at, int(m.group(1))) for at, l in lines if t_from <= at <= t_to
+           for m in [LU_HB.match(l)] if m]
+    if len(hbs) < 2:
+        raise RuntimeError("fewer than 2 heartbeats between %.3f and %.3f" % (t_from, t_to))
+    gap = max(b[0] - a[0] for a, b in zip(hbs, hbs[1:]))
+    seq_ok = all(b[1] == a[1] + 1 for a, b in zip(hbs, hbs[1:]))
+    return gap * 1000.0 - LU_HB_US / 1000.0, seq_ok
+
+
+def lu_measure(cons_before, update, since):
+    """One live update, timed from the guest's side. Waits for two STALL lines
+    after `since` (two quiet seconds: the baseline), runs update() -> (t0,
+    t_done, figures, consoles after), then waits for the two STALL lines after
+    t0: the larger one is the guest-visible stall of the update (the line
+    printed at resume covers the pause). Returns (figures, time the next
+    quiet window may start)."""
+    wait_stalls(cons_before, since, 2, "two quiet STALL lines")
+    t0, t_done, res, cons = update()
+    wait_stalls(cons, t0, 2, "two STALL lines after the update")
+    lines = sorted(sum((c.snapshot() for c in {id(c): c for c in cons_before + cons}.values()), []))
+    quiet = stalls_after(lines, since)
+    quiet = [st for st in quiet if st[0] < t0][:2]
+    after = stalls_after(lines, t0)[:2]
+    base = max(us for _, us in quiet) / 1000.0
+    raw = max(us for _, us in after) / 1000.0
+    hb_gap, seq_ok = hb_window(lines, t0 - 0.1, after[1][0])
+    hb_base, seq_ok_base = hb_window(lines, quiet[0][0], quiet[1][0])
+    res.update(stall_raw_ms=raw, stall_base_ms=base, stall_ms=raw - base,
+               hb_gap_ms=hb_gap, hb_gap_base_ms=hb_base, hb_seq_ok=seq_ok and seq_ok_base,
+               update_wall_ms=(t_done - t0) * 1000.0)
+    return res, after[1][0]
+
+
+def qmp_retry(path, deadline):
+    """A QMP connection to whichever process serves path now (during a
+    cpr-exec the socket is there but nobody may answer yet)."""
+    while True:
+        try:
+            return Qmp(path, timeout=max(0.1, deadline - time.monotonic()))
+        except (OSError, RuntimeError, ValueError):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no QMP at %s after the update" % path)
+            time.sleep(0.0005)
+
+
+def lu_cprvm(tmp, size, mode, runs):
+    """Boots one cprvm VM and updates it `runs` times in `mode`."""
+    sock, qsock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "q.sock")
+    incs = []
+    unlink(sock, qsock)
+    argv = [CPRVM, "--kernel", GUEST, "--memory", size, "--cpus", "1",
+            "--cmdline", LU_CMDLINE, "--serial", "unix:" + sock, "--qmp", qsock]
+    con = None
+    try:
+        with Procs() as procs:
+            cur = procs.start(argv)
+            con = Console(sock, cur)
+            con.wait(lambda lines: any(l == "OK 1 cpu=0" for _, l in lines), 120, "OK 1 cpu=0")
+            state = {"p": cur}
+
+            def exec_update():
+                q = Qmp(qsock)
+                q.cmd("migrate-set-parameters", mode="cpr-exec")
+                t0 = time.monotonic()
+                q.cmd("migrate", uri="memfd:")
+                q.close()
+                deadline = t0 + 60
+                while True:
+                    q = qmp_retry(qsock, deadline)
+                    try:
+                        while True:
+                            m = q.cmd("query-migrate")
+                            if m.get("status") != "setup":
+                                break
+                            time.sleep(0.0005)
+                        break
+                    except (OSError, RuntimeError, ValueError):
+                        continue
+                    finally:
+                        q.close()
+                t_done = time.monotonic()
+                if m.get("status") != "completed":
+                    raise RuntimeError("cpr-exec: %r" % m)
+                if state["p"].poll() is not None:
+                    raise RuntimeError("cprvm exited during cpr-exec")
+                return t0, t_done, {"downtime_ms": m["x-downtime-us"] / 1000.0}, [con]
+
+            def transfer_update():
+                old = state["p"]
+                inc = os.path.join(tmp, "inc%d.sock" % len(incs))
+                incs.append(inc)
+                new = procs.start(argv + ["--incoming", "unix:" + inc])
+                end = time.monotonic() + 30
+                while not os.path.exists(inc):
+                    if new.poll() is not None or time.monotonic() > end:
+                        raise RuntimeError("cprvm --incoming %s did not start" % inc)
+                    time.sleep(0.001)
+                q = Qmp(qsock)
+                q.cmd("migrate-set-parameters", mode="cpr-transfer")
+                t0 = time.monotonic()
+                q.cmd("migrate", uri="unix:" + inc)
+                while old.poll() is None:
+                    if time.monotonic() - t0 > 30:
+                        raise RuntimeError("the old cprvm did not exit after cpr-transfer")
+                    time.sleep(0.0002)
+                t_gone = time.monotonic()
+                q.close()
+                if old.returncode != 0:
+                    raise RuntimeError("the old cprvm exited with %d" % old.returncode)
+                procs.procs.remove(old)
+                state["p"] = new
+                q = qmp_retry(qsock, t0 + 30)
+                try:
+                    while True:
+                        m = q.cmd("query-migrate")
+                        if m.get("status") != "setup":
+                            break
+                        time.sleep(0.0005)
+                finally:
+                    q.close()
+                t_done = time.monotonic()
+                if m.get("status") != "completed":
+                    raise RuntimeError("cpr-transfer: %r" % m)
+                unlink(inc)
+                return t0, t_done, {"downtime_ms": m["x-downtime-us"] / 1000.0,
+                                    "old_gone_ms": (t_gone - t0) * 1000.0}, [con]
+
+            out, since = [], con.lines[-1][0]
+            for _ in range(runs):
+                r, since = lu_measure([con], exec_update if mode == "cpr-exec"
+                                      else transfer_update, since)
+                out.append(r)
+            if con.eof:
+                raise RuntimeError("the serial connection broke during the updates")
+            q = Qmp(qsock)
+            procs.stop(state["p"], q)
+        return out
+    finally:
+        if con:
+            con.close()
+        unlink(sock, qsock, *incs)
+
+
+def lu_qemu_argv(size, ram, sock, qsock, extra=()):
+    return [QEMU, "-enable-kvm", "-cpu", "qemu64", "-nodefaults", "-display", "none",
+            "-m", size, "-object", "memory-backend-file,id=mem,size=%s,mem-path=%s,share=on"
+            % (size, ram), "-machine", "memory-backend=mem", "-kernel", GUEST,
+            "-append", LU_CMDLINE, "-serial", "unix:%s,server=on,wait=off" % sock,
+            "-qmp", "unix:%s,server=on,wait=off" % qsock] + list(extra)
+
+
+def lu_qemu(tmp, size, runs):
+    """QEMU's nearest equivalent: local migration to a new QEMU process on the
+    same host, RAM in a shared /dev/shm file that is not copied
+    (x-ignore-shared). Each hop starts a new destination; it becomes the
+    source of the next hop."""
+    ram = os.path.join(SHM, "qemu-lu-bench-%d.ram" % os.getpid())
+    hop = [0]
+
+    def paths():
+        n = hop[0]
+        return (os.path.join(tmp, "qs%d.sock" % n), os.path.join(tmp, "qq%d.sock" % n),
+                os.path.join(tmp, "qm%d.sock" % n))
+
+    made = []
+    consoles = []
+    caps = [{"capability": "x-ignore-shared", "state": True}]
+    unlink(ram)
+    try:
+        with Procs() as procs:
+            sock, qsock, _ = paths()
+            made += paths()
+            cur = procs.start(lu_qemu_argv(size, ram, sock, qsock))
+            con = Console(sock, cur)
+            consoles.append(con)
+            con.wait(lambda lines: any(l == "OK 1 cpu=0" for _, l in lines), 120, "OK 1 cpu=0")
+            q = Qmp(qsock)
+            q.cmd("migrate-set-capabilities", capabilities=caps)
+            q.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+            state = {"p": cur, "q": q, "con": con}
+
+            def update():
+                hop[0] += 1
+                dsock, dqsock, msock = paths()
+                made.extend(paths())
+                dest = procs.start(lu_qemu_argv(size, ram, dsock, dqsock, ["-incoming", "defer"]))
+                dq = Qmp(dqsock)
+                dq.cmd("migrate-set-capabilities", capabilities=caps)
+                dq.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+                dq.cmd("migrate-incoming", uri="unix:" + msock)
+                dcon = Console(dsock, dest)
+                consoles.append(dcon)
+                src, sq, scon = state["p"], state["q"], state["con"]
+                t0 = time.monotonic()
+                sq.cmd("migrate", uri="unix:" + msock)
+                while True:
+                    m = sq.cmd("query-migrate")
+                    if m.get("status") == "completed":
+                        break
+                    if m.get("status") in ("failed", "cancelled"):
+                        raise RuntimeError("QEMU migrate: %r" % m)
+                    time.sleep(0.0005)
+                t_done = time.monotonic()
+                state.update(p=dest, q=dq, con=dcon)
+                return t0, t_done, {"downtime_ms": float(m["downtime"]),
+                                    "total_ms": float(m["total-time"]),
+                                    "_old": (src, sq, scon, msock)}, [scon, dcon]
+
+            out, since = [], con.lines[-1][0]
+            for _ in range(runs):
+                r, since = lu_measure([state["con"]], update, since)
+                src, sq, scon, msock = r.pop("_old")
+                procs.stop(src, sq)  # quits the source, stopped in postmigrate
+                scon.close()
+                out.append(r)
+            procs.stop(state["p"], state["q"])
+        return out
+    finally:
+        for c in consoles:
+            c.close()
+        unlink(ram, *made)
+
+
+def bench_live_update():
+    runs = int(os.environ.get("CPRVM_BENCH_RUNS", "5"))
+    sizes = os.environ.get("CPRVM_BENCH_SIZES", "1G,4G,16G").replace(",", " ").split()
+    keys = ("stall_ms", "stall_raw_ms", "stall_base_ms", "downtime_ms", "hb_gap_ms",
+            "hb_gap_base_ms", "update_wall_ms")
+    tmp = tempfile.mkdtemp(prefix="cprvm-bench-")
+    try:
+        for size in sizes:
+            ours = {}
+            for mode in ("cpr-exec", "cpr-transfer"):
+                check_space(size, mode, "live-update")
+                ours[mode] = lu_cprvm(tmp, size, mode, runs)
+            theirs = None
+            if QEMU:
+                check_space(size, "qemu", "live-update")
+                theirs = lu_qemu(tmp, size, runs)
+            for mode in ("cpr-exec", "cpr-transfer"):
+                rs = ours[mode]
+                res = {"bench": "live-update", "mode": mode, "mem": size, "cpus": 1,
+                       "heartbeat_us": LU_HB_US, "runs": runs,
+                       "pause_ms": median_of(rs, "stall_ms")}
+                for k in keys[1:]:
+                    res[k] = median_of(rs, k)
+                if mode == "cpr-transfer":
+                    res["old_gone_ms"] = median_of(rs, "old_gone_ms")
+                res["hb_seq_ok"] = all(r["hb_seq_ok"] for r in rs)
+                if theirs:
+                    res["qemu_runs"] = len(theirs)
+                    res["qemu_pause_ms"] = median_of(theirs, "stall_ms")
+                    for k in keys[1:] + ("total_ms",):
+                        res["qemu_" + k] = median_of(theirs, k)
+                    res["qemu_hb_seq_ok"] = all(r["hb_seq_ok"] for r in theirs)
+                    res["ratio_vs_qemu"] = round(res["qemu_pause_ms"] / max(res["pause_ms"], 0.01), 1)
+                print(json.dumps(res), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["boot", "snapshot"]:
+    for name in sys.argv[1:] or ["boot", "snapshot", "live_update"]:
         globals()["bench_" + name]()

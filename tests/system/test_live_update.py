@@ -116,7 +116,7 @@ def test_cpr_exec_echo_client_20_updates(vms):
                 chunk = bytes(rnd.getrandbits(8) for _ in range(64))
                 s.sendall(chunk)
                 sent.extend(chunk)
-                time.sleep(0.002)
+                time.sleep(0.01)  # ~6 KB/s: below what the guest echoes
         except OSError as e:
             errors.append(e)
 
@@ -143,7 +143,11 @@ def test_cpr_exec_echo_client_20_updates(vms):
     finally:
         stop.set()
         tw.join()
-    wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
+    try:
+        wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
+    except AssertionError:
+        raise AssertionError("echoed %d of %d bytes; equal prefix: %s" % (
+            len(got), len(sent), bytes(got) == bytes(sent[:len(got)])))
     s.shutdown(socket.SHUT_WR)  # the reader then sees the end and stops
     s.settimeout(2)
     tr.join()
