@@ -419,6 +419,7 @@ class Console:
                     raise RuntimeError("no serial socket at %s" % path)
                 time.sleep(0.001)
         self.lines = []
+        self.partial = ""  # the end of an unterminated last line
         self.eof = False
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -440,6 +441,7 @@ class Console:
                 *done, pending = (pending + data).split(b"\n")
                 for line in done:
                     self.lines.append((now, line.decode("latin-1").rstrip("\r")))
+                self.partial = pending.decode("latin-1")
                 self.cond.notify_all()
 
     def wait(self, pred, timeout, what):
@@ -461,7 +463,7 @@ class Console:
 
     def snapshot(self):
         with self.cond:
-            return list(self.lines)
+            return list(self.lines), self.partial
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -479,16 +481,30 @@ def wait_stalls(cons, t, n, what):
     cons[-1].wait(lambda lines: len(stalls_after(lines, t)) >= n, 30, what)
 
 
-def hb_window(lines, t_from, t_to):
-    """(largest gap between consecutive HB arrivals in the window, in ms,
-    minus the period; True if the sequence numbers are consecutive)."""
-    hbs = [(at, int(m.group(1))) for at, l in lines if t_from <= at <= t_to
-           for m in [LU_HB.match(l)] if m]
+def merged_lines(consoles):
+    """The lines of consoles that served the guest one after the other, in
+    order. QEMU may stop the guest in the middle of a line: its start is on
+    the source's console and its end the first line on the destination's."""
+    out, carry = [], ""
+    for c in consoles:
+        lines, partial = c.snapshot()
+        if carry and lines:
+            lines[0] = (lines[0][0], carry + lines[0][1])
+        out += lines
+        carry = partial
+    return out
+
+
+def heartbeats(lines, t_from, t_to):
+    return [(at, int(m.group(1))) for at, l in lines if t_from <= at <= t_to
+            for m in [LU_HB.match(l)] if m]
+
+
+def hb_gap(hbs):
+    """Largest gap between consecutive HB arrivals, in ms, minus the period."""
     if len(hbs) < 2:
-        raise RuntimeError("fewer than 2 heartbeats between %.3f and %.3f" % (t_from, t_to))
-    gap = max(b[0] - a[0] for a, b in zip(hbs, hbs[1:]))
-    seq_ok = all(b[1] == a[1] + 1 for a, b in zip(hbs, hbs[1:]))
-    return gap * 1000.0 - LU_HB_US / 1000.0, seq_ok
+        raise RuntimeError("fewer than 2 heartbeats in a window")
+    return max(b[0] - a[0] for a, b in zip(hbs, hbs[1:])) * 1000.0 - LU_HB_US / 1000.0
 
 
 def lu_measure(cons_before, update, since):
@@ -501,16 +517,24 @@ def lu_measure(cons_before, update, since):
     wait_stalls(cons_before, since, 2, "two quiet STALL lines")
     t0, t_done, res, cons = update()
     wait_stalls(cons, t0, 2, "two STALL lines after the update")
-    lines = sorted(sum((c.snapshot() for c in {id(c): c for c in cons_before + cons}.values()), []))
-    quiet = stalls_after(lines, since)
-    quiet = [st for st in quiet if st[0] < t0][:2]
+    lines = merged_lines(list({id(c): c for c in cons_before + cons}.values()))
+    quiet = [st for st in stalls_after(lines, since) if st[0] < t0][:2]
     after = stalls_after(lines, t0)[:2]
     base = max(us for _, us in quiet) / 1000.0
     raw = max(us for _, us in after) / 1000.0
-    hb_gap, seq_ok = hb_window(lines, t0 - 0.1, after[1][0])
-    hb_base, seq_ok_base = hb_window(lines, quiet[0][0], quiet[1][0])
+    # Host side: the HB arrivals from 50 ms before the migrate command to
+    # 250 ms after the VMM said it was done. The baseline cuts the quiet
+    # seconds into windows as long and takes the median of their gaps.
+    lo, hi = t0 - 0.05, t_done + 0.25
+    gap = hb_gap(heartbeats(lines, lo, hi))
+    base_gaps, w = [], since
+    while w + (hi - lo) <= lo:
+        base_gaps.append(hb_gap(heartbeats(lines, w, w + (hi - lo))))
+        w += hi - lo
+    seqs = [seq for _, seq in heartbeats(lines, since, after[1][0])]
     res.update(stall_raw_ms=raw, stall_base_ms=base, stall_ms=raw - base,
-               hb_gap_ms=hb_gap, hb_gap_base_ms=hb_base, hb_seq_ok=seq_ok and seq_ok_base,
+               hb_gap_ms=gap, hb_gap_base_ms=statistics.median(base_gaps),
+               hb_seq_ok=all(b == a + 1 for a, b in zip(seqs, seqs[1:])),
                update_wall_ms=(t_done - t0) * 1000.0)
     return res, after[1][0]
 
