@@ -690,6 +690,8 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
 			for (;;)
 				pause();
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
+			usleep(500 * 1000); /* a long blackout the guest must see */
 	}
 	ret = cpr_adopt(cfg, loop, buf, h.len, fds, nfds, sock, -1, vm_out, qmp_out, err, errlen);
 out:
