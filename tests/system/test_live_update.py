@@ -101,8 +101,39 @@ def test_cpr_exec_between_builds(vms):
     assert_hb_continuous(heartbeats(vm.serial))
 
 
-def test_cpr_exec_echo_client_20_updates(vms):
+class Updater:
+    """Runs updates in either mode, keeping track of the serving process."""
+
+    def __init__(self, vm, tmp_path, mode):
+        self.vm, self.tmp, self.mode = vm, tmp_path, mode
+        self.current, self.spare, self.n = vm.proc, [], 0
+
+    def update(self):
+        if self.mode == "cpr-exec":
+            m, _ = cpr_exec(self.vm)
+            assert m["status"] == "completed", m
+            return
+        new, inc = start_incoming(self.vm, self.tmp, self.n)
+        self.n += 1
+        self.spare.append(new)
+        cpr_transfer(self.vm, inc)
+        assert self.current.wait(20) == 0
+        self.current = new
+        q = qmp_when_ready(self.vm)
+        assert q.ok("query-migrate")["status"] == "completed"
+        q.close()
+
+    def cleanup(self):
+        for p in self.spare:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
+def test_echo_client_20_updates(vms, tmp_path, mode):
     vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False)
+    up = Updater(vm, tmp_path, mode)
     s = connect_unix(vm.serial_path)
     s.settimeout(30)
     rnd = random.Random(7)
@@ -138,8 +169,7 @@ def test_cpr_exec_echo_client_20_updates(vms):
     tr.start()
     try:
         for _ in range(20):
-            m, _ = cpr_exec(vm)
-            assert m["status"] == "completed", m
+            up.update()
     finally:
         stop.set()
         tw.join()
@@ -153,21 +183,28 @@ def test_cpr_exec_echo_client_20_updates(vms):
     tr.join()
     s.close()
     errors = [e for e in errors if e != "EOF on the console"]
+    up.cleanup()
     assert not errors, errors
     assert len(sent) > 1000
     assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
         next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
 
 
-def test_cpr_exec_pty_client(vms):
+@pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
+def test_pty_client(vms, tmp_path, mode):
     vm = vms(cmdline="heartbeat=5000", memory="256M", serial="pty")
     vm.serial.wait(r"^HB \d+$")
     path = vm._pty_path()
-    for _ in range(5):
-        m, _ = cpr_exec(vm)
-        assert m["status"] == "completed"
-        n = vm.serial.count()
-        vm.serial.wait(r"^HB \d+$", start=n + 3)
+    up = Updater(vm, tmp_path, mode)
+    try:
+        for _ in range(5):
+            up.update()
+            n = vm.serial.count()
+            vm.serial.wait(r"^HB \d+$", start=n + 3)
+        # (checked before cleanup, which ends the serving process)
+        assert not vm.serial.eof
+    finally:
+        up.cleanup()
     assert vm._pty_path() == path  # the same device, not a new one
     assert_hb_continuous(heartbeats(vm.serial))
 
