@@ -10,7 +10,12 @@ snapshot: save a running guest (256 MiB touched) to a file and restore it,
 at 1G/4G/16G of RAM, full (RAM in the file) and bypass (RAM stays in a
 /dev/shm file, only device state is saved). See bench/README.md.
 
-Usage: run.py [boot] [snapshot]   (default: both)"""
+live_update: a running guest (1 vCPU, 256 MiB verified) is live-updated
+repeatedly with cpr-exec and cpr-transfer at 1G/4G/16G; QEMU does a local
+migration to a new process with x-ignore-shared. The pause is measured by
+the guest itself (STALL lines) and from the heartbeat arrivals.
+
+Usage: run.py [boot] [snapshot] [live_update]   (default: all three)"""
 import contextlib
 import json
 import os

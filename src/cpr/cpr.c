@@ -643,14 +643,22 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		snprintf(err, errlen, "--incoming unix: path too long");
 		return -ENAMETOOLONG;
 	}
-	strcpy(sa.sun_path, path);
+	/* Bound under a temporary name and renamed once listening: whoever
+	 * sees PATH can connect (no ECONNREFUSED window between bind and
+	 * listen). */
+	if (snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d", path, (int)getpid()) >=
+	    (int)sizeof(sa.sun_path))
+		strcpy(sa.sun_path, path);
 	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 1) < 0) {
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 1) < 0 ||
+	    (strcmp(sa.sun_path, path) && rename(sa.sun_path, path) < 0)) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot listen on '%s' for incoming state: %s", path,
 			 strerror(-ret));
-		if (lfd >= 0)
+		if (lfd >= 0) {
 			close(lfd);
+			unlink(sa.sun_path);
+		}
 		return ret;
 	}
 	pr_info("cpr-transfer: waiting for the old process on %s", path);

@@ -170,6 +170,8 @@ def test_echo_client_20_updates(vms, tmp_path, mode):
     try:
         for _ in range(20):
             up.update()
+        # Updates can be quicker than the stream: keep it going a little.
+        wait_for(lambda: len(sent) >= 4096, 30, "4 KiB sent")
     finally:
         stop.set()
         tw.join()

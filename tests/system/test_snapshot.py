@@ -319,8 +319,14 @@ def test_uart_pending_bytes_survive(vms, tmp_path):
     q = vm.qmp()
     q.ok("stop")
     s.sendall(b"0123456789")  # fits the 16-byte FIFO; cprvm moves it there
+    import fcntl
+    import termios
     import time
-    time.sleep(0.3)
+    # Wait until cprvm has read them off the socket (into the UART's FIFO).
+    end = time.monotonic() + 20
+    while struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < end, "cprvm never read the bytes"
+        time.sleep(0.01)
     save(vm, tmp_path / "snap")
     s.close()
     vm.quit()
