@@ -22,7 +22,7 @@ PVH_CORPUS := $(FUZZ_OUT)/corpus-pvh
 PVH_SEEDED := $(FUZZ_OUT)/.corpus-pvh-seeded
 
 STREAM_FUZZ := $(FUZZ_OUT)/fuzz_stream
-STREAM_SRCS := fuzz/fuzz_stream.c $(wildcard src/state/*.c) src/lib/crc32c.c
+STREAM_SRCS := fuzz/fuzz_stream.c $(wildcard src/state/*.c) src/lib/crc32c.c src/lib/log.c
 STREAM_HDRS := $(wildcard src/state/*.h) src/lib/crc32c.h
 STREAM_CORPUS := $(FUZZ_OUT)/corpus-stream
 STREAM_SEEDED := $(FUZZ_OUT)/.corpus-stream-seeded

@@ -302,18 +302,6 @@ static int snap_err(char *err, size_t errlen, int ret, const char *path, const c
 	return ret;
 }
 
-static int load_err(char *err, size_t errlen, int ret, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int load_err(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return ret;
-}
-
 int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *cfg, bool cpr,
 			 struct snapshot *s, struct stream_index *idxp, char *err, size_t errlen)
 {
@@ -324,29 +312,29 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 
 	ret = stream_parse(stream, slen, &idx, why, sizeof(why));
 	if (ret < 0) {
-		load_err(err, errlen, ret, "%s", why);
+		set_err(err, errlen, ret, "%s", why);
 		goto out_free;
 	}
 	have_idx = true;
 	ret = stream_check_known(&idx, snapshot_known, cpr ? (void *)1 : NULL, why, sizeof(why));
 	if (ret < 0) {
-		load_err(err, errlen, ret, "%s", why);
+		set_err(err, errlen, ret, "%s", why);
 		goto out_free;
 	}
 	ret = stream_get_state(&idx, "machine", &machine_state_desc, &s->machine, why, sizeof(why));
 	if (ret < 0) {
-		load_err(err, errlen, ret, "%s", ret == -ENOENT ? "no 'machine' section" : why);
+		set_err(err, errlen, ret, "%s", ret == -ENOENT ? "no 'machine' section" : why);
 		goto out_free;
 	}
 	/* The configuration must match: a snapshot is not a different VM. */
 	if (s->machine.mem_size != cfg->mem_size) {
-		ret = load_err(err, errlen, -EINVAL,
+		ret = set_err(err, errlen, -EINVAL,
 			       "was taken with --memory %" PRIu64 "M, this VM has %" PRIu64 "M",
 			       s->machine.mem_size >> 20, cfg->mem_size >> 20);
 		goto out_free;
 	}
 	if (s->machine.nr_cpus != (uint32_t)cfg->nr_cpus) {
-		ret = load_err(err, errlen, -EINVAL,
+		ret = set_err(err, errlen, -EINVAL,
 			       "was taken with --cpus %u, this VM has %d", s->machine.nr_cpus,
 			       cfg->nr_cpus);
 		goto out_free;
@@ -363,7 +351,7 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 		snprintf(name, sizeof(name), "vcpu/%u", i);
 		ret = stream_get_state(&idx, name, &vcpu_state_desc, &s->vcpus[i], why, sizeof(why));
 		if (ret < 0) {
-			load_err(err, errlen, ret, "%s",
+			set_err(err, errlen, ret, "%s",
 				 ret == -ENOENT ? "a vCPU section is missing" : why);
 			goto out_free;
 		}
@@ -378,7 +366,7 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 			ret = stream_get_state(&idx, vmsecs[i].name, vmsecs[i].d, &s->kvm, why,
 					       sizeof(why));
 			if (ret < 0) {
-				load_err(err, errlen, ret, "section '%s': %s", vmsecs[i].name,
+				set_err(err, errlen, ret, "section '%s': %s", vmsecs[i].name,
 					 ret == -ENOENT ? "missing" : why);
 				goto out_free;
 			}
@@ -386,7 +374,7 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 	}
 	ret = stream_get_state(&idx, "serial/0", &serial_state_desc, &s->serial, why, sizeof(why));
 	if (ret < 0 || s->serial.rx_len > SERIAL_FIFO_LEN || s->serial.tx_len > SERIAL_FIFO_LEN) {
-		load_err(err, errlen, ret < 0 ? ret : -EINVAL, "section 'serial/0': %s",
+		set_err(err, errlen, ret < 0 ? ret : -EINVAL, "section 'serial/0': %s",
 			 ret == -ENOENT ? "missing" : ret < 0 ? why : "bad FIFO length");
 		ret = ret < 0 ? ret : -EINVAL;
 		goto out_free;

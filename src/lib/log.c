@@ -1,4 +1,5 @@
 /* log.c — see log.h. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,4 +36,16 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	/* One write() so lines from different threads do not interleave. */
 	if (write(STDERR_FILENO, buf, n) < 0)
 		return;
+}
+
+int set_err(char *err, size_t errlen, int ret, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return ret;
 }

@@ -5,6 +5,7 @@
 #define CPRVM_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -16,6 +17,11 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define pr_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define pr_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define pr_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* Formats a one-line message for a person into err (if given) and returns
+ * ret: "return set_err(err, errlen, -EINVAL, "bad %s", what);" */
+int set_err(char *err, size_t errlen, int ret, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -12,22 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/log.h"
 #include "state/state.h"
-
-static int state_fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int state_fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 static enum state_wire_type state_wire_type(enum state_type t)
 {
@@ -83,28 +69,28 @@ static int desc_check(const struct state_desc *d, int depth, char *err, size_t e
 	unsigned prev = 0;
 
 	if (!d || !d->name)
-		return state_fail(err, errlen, -EINVAL, "state table without a name");
+		return set_err(err, errlen, -EINVAL, "state table without a name");
 	if (depth >= STATE_MAX_DEPTH)
-		return state_fail(err, errlen, -EINVAL, "table '%s': nested deeper than %d",
+		return set_err(err, errlen, -EINVAL, "table '%s': nested deeper than %d",
 				  d->name, STATE_MAX_DEPTH);
 	if (d->min_version > d->version)
-		return state_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				  "table '%s': min_version %u above version %u", d->name,
 				  d->min_version, d->version);
 	if (d->nr_fields && !d->fields)
-		return state_fail(err, errlen, -EINVAL, "table '%s': no fields array", d->name);
+		return set_err(err, errlen, -EINVAL, "table '%s': no fields array", d->name);
 	for (size_t i = 0; i < d->nr_fields; i++) {
 		const struct state_field *f = &d->fields[i];
 		const char *fname = f->name ? f->name : "?";
 		int ret;
 
 		if (!f->name || f->id <= prev)
-			return state_fail(err, errlen, -EINVAL,
+			return set_err(err, errlen, -EINVAL,
 					  "table '%s': field '%s' id %u not above the previous %u",
 					  d->name, fname, f->id, prev);
 		prev = f->id;
 		if (f->flags & ~STATE_F_REQUIRED)
-			return state_fail(err, errlen, -EINVAL,
+			return set_err(err, errlen, -EINVAL,
 					  "table '%s': field '%s' has unknown flags 0x%x", d->name,
 					  fname, f->flags);
 		switch (f->type) {
@@ -113,14 +99,14 @@ static int desc_check(const struct state_desc *d, int depth, char *err, size_t e
 		case STATE_U32:
 		case STATE_U64:
 			if (f->size != scalar_size[f->type])
-				return state_fail(err, errlen, -EINVAL,
+				return set_err(err, errlen, -EINVAL,
 						  "table '%s': field '%s' size %zu", d->name, fname,
 						  f->size);
 			break;
 		case STATE_BYTES:
 		case STATE_VBYTES:
 			if (f->size > STREAM_PAYLOAD_MAX)
-				return state_fail(err, errlen, -EINVAL,
+				return set_err(err, errlen, -EINVAL,
 						  "table '%s': field '%s' size %zu over the limit",
 						  d->name, fname, f->size);
 			break;
@@ -128,7 +114,7 @@ static int desc_check(const struct state_desc *d, int depth, char *err, size_t e
 		case STATE_ARRAY:
 			if (f->type == STATE_ARRAY &&
 			    (!f->size || !f->max_count || f->size > STREAM_PAYLOAD_MAX / f->max_count))
-				return state_fail(err, errlen, -EINVAL,
+				return set_err(err, errlen, -EINVAL,
 						  "table '%s': array '%s' of %u x %zu bytes", d->name,
 						  fname, f->max_count, f->size);
 			ret = desc_check(f->sub, depth + 1, err, errlen);
@@ -136,7 +122,7 @@ static int desc_check(const struct state_desc *d, int depth, char *err, size_t e
 				return ret;
 			break;
 		default:
-			return state_fail(err, errlen, -EINVAL,
+			return set_err(err, errlen, -EINVAL,
 					  "table '%s': field '%s' has unknown type %d", d->name, fname,
 					  (int)f->type);
 		}
@@ -291,9 +277,9 @@ static int load_fail(const struct load_ctx *c, const struct load_frame *fr, cons
 	va_end(ap);
 	frame_fmt(fr, path, sizeof(path));
 	if (path[0])
-		return state_fail(c->err, c->errlen, ret, "section '%s' field '%s' at offset %zu: %s",
+		return set_err(c->err, c->errlen, ret, "section '%s' field '%s' at offset %zu: %s",
 				  c->what, path, (size_t)(at - c->base), msg);
-	return state_fail(c->err, c->errlen, ret, "section '%s' at offset %zu: %s", c->what,
+	return set_err(c->err, c->errlen, ret, "section '%s' at offset %zu: %s", c->what,
 			  (size_t)(at - c->base), msg);
 }
 
@@ -481,18 +467,18 @@ static int state_load_named(const char *what, const struct state_desc *d, uint32
 	if (ret)
 		return ret;
 	if (version > d->version)
-		return state_fail(err, errlen, -ENOTSUP,
+		return set_err(err, errlen, -ENOTSUP,
 				  "section '%s' version %" PRIu32 " is newer than supported %" PRIu32,
 				  what, version, d->version);
 	if (version < d->min_version)
-		return state_fail(err, errlen, -ENOTSUP,
+		return set_err(err, errlen, -ENOTSUP,
 				  "section '%s' version %" PRIu32
 				  " is older than the oldest supported %" PRIu32,
 				  what, version, d->min_version);
 	if (!p && len)
-		return state_fail(err, errlen, -EINVAL, "section '%s': no payload", what);
+		return set_err(err, errlen, -EINVAL, "section '%s': no payload", what);
 	if (len > STREAM_PAYLOAD_MAX)
-		return state_fail(err, errlen, -EINVAL, "section '%s': payload over the limit", what);
+		return set_err(err, errlen, -EINVAL, "section '%s': payload over the limit", what);
 	/* Validate everything, then apply: a refusal leaves obj untouched. */
 	ret = load_list(&c, NULL, d, p, len, obj);
 	if (ret)
@@ -718,7 +704,7 @@ int stream_get_state(const struct stream_index *idx, const char *section_name,
 	const struct stream_section *s = stream_find(idx, section_name);
 
 	if (!s)
-		return state_fail(err, errlen, -ENOENT, "section '%s' is missing from the stream",
+		return set_err(err, errlen, -ENOENT, "section '%s' is missing from the stream",
 				  section_name);
 	return state_load_named(s->name, d, s->version, s->payload, s->len, obj, err, errlen);
 }

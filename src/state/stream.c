@@ -16,27 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/log.h"
 #include "lib/crc32c.h"
 #include "state/stream.h"
 
 /* Placeholder length of a section still being written: above the limit, so
  * it can never be mistaken for a finished one. */
 #define STREAM_LEN_OPEN 0xffffffffU
-
-static int stream_fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int stream_fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 bool stream_name_valid(const char *name, size_t len)
 {
@@ -167,36 +153,36 @@ static int parse_header(const uint8_t *buf, size_t len, struct stream_index *idx
 	uint32_t fmt, hsize, flags, stored, crc;
 
 	if (len < STREAM_MAGIC_LEN || memcmp(buf, STREAM_MAGIC, STREAM_MAGIC_LEN))
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "not a cprvm state stream: expected magic \"%s\" at offset 0",
 				   STREAM_MAGIC);
 	if (len < STREAM_HEADER_SIZE)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "truncated stream: header needs %d bytes, only %zu",
 				   STREAM_HEADER_SIZE, len);
 	/* Magic and format version keep their place in every format version,
 	 * so a newer stream is recognised as such before anything else. */
 	fmt = sbuf_get_le32(buf + 8);
 	if (fmt > STREAM_FORMAT_VERSION)
-		return stream_fail(err, errlen, -ENOTSUP,
+		return set_err(err, errlen, -ENOTSUP,
 				   "stream format version %u is newer than this cprvm supports (%d)",
 				   fmt, STREAM_FORMAT_VERSION);
 	stored = sbuf_get_le32(buf + 28);
 	crc = crc32c(0, buf, 28);
 	if (stored != crc)
-		return stream_fail(err, errlen, -EBADMSG,
+		return set_err(err, errlen, -EBADMSG,
 				   "header at offset 0: checksum mismatch (stored 0x%08x, computed 0x%08x)",
 				   stored, crc);
 	if (fmt == 0)
-		return stream_fail(err, errlen, -EINVAL, "header at offset 8: format version 0 is invalid");
+		return set_err(err, errlen, -EINVAL, "header at offset 8: format version 0 is invalid");
 	hsize = sbuf_get_le32(buf + 12);
 	if (hsize != STREAM_HEADER_SIZE)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "header at offset 12: header size %u, expected %d", hsize,
 				   STREAM_HEADER_SIZE);
 	flags = sbuf_get_le32(buf + 24);
 	if (sbuf_get_le16(buf + 22) || flags)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "header: reserved field 0x%04x and flags 0x%08x must be zero",
 				   sbuf_get_le16(buf + 22), flags);
 	idx->format_version = fmt;
@@ -227,42 +213,42 @@ static int parse_section(const uint8_t *buf, size_t len, size_t off, struct stre
 	uint8_t flags;
 
 	if (left < 4)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "truncated stream: section at offset %zu needs a 4-byte header, only %zu left",
 				   off, left);
 	flags = buf[off + 1];
 	n = sbuf_get_le16(buf + off + 2);
 	if (n < 1 || n > STREAM_NAME_MAX)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "section at offset %zu: name length %zu, expected 1..%d", off, n,
 				   STREAM_NAME_MAX);
 	name_for_msg(shown, buf + off + 4, left - 4 < n ? left - 4 : n);
 	if (left < STREAM_SECTION_OVERHEAD + n)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "truncated stream: section '%s' at offset %zu needs at least %zu bytes, only %zu left",
 				   shown, off, STREAM_SECTION_OVERHEAD + n, left);
 	plen = sbuf_get_le32(buf + off + 8 + n);
 	if (plen > STREAM_PAYLOAD_MAX)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "section '%s' at offset %zu: payload length %u exceeds the limit of %u bytes",
 				   shown, off, plen, STREAM_PAYLOAD_MAX);
 	need = STREAM_SECTION_OVERHEAD + n + plen;
 	if (left < need)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "truncated stream: section '%s' needs %zu bytes at offset %zu, only %zu left",
 				   shown, need, off, left);
 	stored = sbuf_get_le32(buf + off + need - 4);
 	crc = crc32c(0, buf + off, need - 4);
 	if (stored != crc)
-		return stream_fail(err, errlen, -EBADMSG,
+		return set_err(err, errlen, -EBADMSG,
 				   "section '%s' at offset %zu: checksum mismatch (stored 0x%08x, computed 0x%08x)",
 				   shown, off, stored, crc);
 	if (!stream_name_valid((const char *)buf + off + 4, n))
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "section '%s' at offset %zu: name has bytes outside 0x21..0x7e", shown,
 				   off);
 	if (flags & ~STREAM_SEC_REQUIRED)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "section '%s' at offset %zu: unknown flags 0x%02x", shown, off, flags);
 	memcpy(s->name, buf + off + 4, n);
 	s->name[n] = 0;
@@ -283,25 +269,25 @@ static int parse_end(const uint8_t *buf, size_t len, size_t off, uint32_t nr, ch
 	uint32_t count, stored, crc;
 
 	if (left < STREAM_END_SIZE)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "truncated stream: end marker at offset %zu needs %d bytes, only %zu left",
 				   off, STREAM_END_SIZE, left);
 	stored = sbuf_get_le32(buf + off + 8);
 	crc = crc32c(0, buf, off + 8);
 	if (stored != crc)
-		return stream_fail(err, errlen, -EBADMSG,
+		return set_err(err, errlen, -EBADMSG,
 				   "end marker at offset %zu: stream checksum mismatch (stored 0x%08x, computed 0x%08x)",
 				   off, stored, crc);
 	if (buf[off + 1] || sbuf_get_le16(buf + off + 2))
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "end marker at offset %zu: reserved bytes must be zero", off);
 	count = sbuf_get_le32(buf + off + 4);
 	if (count != nr)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "end marker at offset %zu: says %u sections, the stream has %u", off,
 				   count, nr);
 	if (left > STREAM_END_SIZE)
-		return stream_fail(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				   "%zu trailing bytes after the end marker at offset %zu",
 				   left - STREAM_END_SIZE, off);
 	return 0;
@@ -317,7 +303,7 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 	if (err && errlen)
 		err[0] = 0;
 	if (!buf && len)
-		return stream_fail(err, errlen, -EINVAL, "no stream");
+		return set_err(err, errlen, -EINVAL, "no stream");
 	ret = parse_header(buf, len, idx, err, errlen);
 	if (ret)
 		goto out_free;
@@ -325,7 +311,7 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 		struct stream_section s;
 
 		if (off == len) {
-			ret = stream_fail(err, errlen, -EINVAL,
+			ret = set_err(err, errlen, -EINVAL,
 					  "truncated stream: no end marker after %u sections (offset %zu)",
 					  idx->nr, off);
 			goto out_free;
@@ -333,13 +319,13 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 		if (buf[off] == STREAM_KIND_END)
 			break;
 		if (buf[off] != STREAM_KIND_SECTION) {
-			ret = stream_fail(err, errlen, -EINVAL,
+			ret = set_err(err, errlen, -EINVAL,
 					  "offset %zu: unknown record kind 0x%02x (expected a section 0x01 or the end marker 0xff)",
 					  off, buf[off]);
 			goto out_free;
 		}
 		if (idx->nr == STREAM_MAX_SECTIONS) {
-			ret = stream_fail(err, errlen, -EINVAL,
+			ret = set_err(err, errlen, -EINVAL,
 					  "offset %zu: more than %d sections", off,
 					  STREAM_MAX_SECTIONS);
 			goto out_free;
@@ -353,7 +339,7 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 			cap = cap ? cap * 2 : 16;
 			p = reallocarray(idx->sections, cap, sizeof(*p));
 			if (!p) {
-				ret = stream_fail(err, errlen, -ENOMEM, "out of memory");
+				ret = set_err(err, errlen, -ENOMEM, "out of memory");
 				goto out_free;
 			}
 			idx->sections = p;
@@ -368,7 +354,7 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 	if (idx->nr) {
 		idx->by_name = calloc(idx->nr, sizeof(*idx->by_name));
 		if (!idx->by_name) {
-			ret = stream_fail(err, errlen, -ENOMEM, "out of memory");
+			ret = set_err(err, errlen, -ENOMEM, "out of memory");
 			goto out_free;
 		}
 		for (uint32_t i = 0; i < idx->nr; i++)
@@ -378,7 +364,7 @@ int stream_parse(const uint8_t *buf, size_t len, struct stream_index *idx, char 
 			const struct stream_section *a = idx->by_name[i - 1], *b = idx->by_name[i];
 
 			if (!strcmp(a->name, b->name)) {
-				ret = stream_fail(err, errlen, -EINVAL,
+				ret = set_err(err, errlen, -EINVAL,
 						  "section '%s' appears twice (offsets %zu and %zu)",
 						  a->name, a->offset < b->offset ? a->offset : b->offset,
 						  a->offset < b->offset ? b->offset : a->offset);
@@ -419,7 +405,7 @@ int stream_check_known(const struct stream_index *idx,
 		const struct stream_section *s = &idx->sections[i];
 
 		if ((s->flags & STREAM_SEC_REQUIRED) && !known(s->name, opaque))
-			return stream_fail(err, errlen, -ENOTSUP,
+			return set_err(err, errlen, -ENOTSUP,
 					   "section '%s' (version %u) at offset %zu is required but unknown to this cprvm",
 					   s->name, s->version, s->offset);
 	}

@@ -5,19 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/log.h"
 #include "vm/config.h"
-
-static int config_err(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 int parse_size(const char *s, uint64_t *out, char *err, size_t errlen)
 {
@@ -25,12 +14,12 @@ int parse_size(const char *s, uint64_t *out, char *err, size_t errlen)
 	const char *p = s;
 
 	if (!s || !*s)
-		return config_err(err, errlen, -EINVAL, "empty size");
+		return set_err(err, errlen, -EINVAL, "empty size");
 	if (*p < '0' || *p > '9')
-		return config_err(err, errlen, -EINVAL, "invalid size '%s'", s);
+		return set_err(err, errlen, -EINVAL, "invalid size '%s'", s);
 	for (; *p >= '0' && *p <= '9'; p++) {
 		if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
-			return config_err(err, errlen, -ERANGE, "size '%s' is too large", s);
+			return set_err(err, errlen, -ERANGE, "size '%s' is too large", s);
 		v = v * 10 + (uint64_t)(*p - '0');
 	}
 	switch (*p) {
@@ -45,9 +34,9 @@ int parse_size(const char *s, uint64_t *out, char *err, size_t errlen)
 	if (*p == 'B' || *p == 'b')
 		p++;
 	if (*p)
-		return config_err(err, errlen, -EINVAL, "invalid size '%s' (use e.g. 512M, 4G)", s);
+		return set_err(err, errlen, -EINVAL, "invalid size '%s' (use e.g. 512M, 4G)", s);
 	if (v > UINT64_MAX / mult)
-		return config_err(err, errlen, -ERANGE, "size '%s' is too large", s);
+		return set_err(err, errlen, -ERANGE, "size '%s' is too large", s);
 	*out = v * mult;
 	return 0;
 }
@@ -58,7 +47,7 @@ int chardev_parse(const char *s, struct chardev_spec *out, char *err, size_t err
 
 	memset(out, 0, sizeof(*out));
 	if (!s || !*s)
-		return config_err(err, errlen, -EINVAL, "empty serial backend");
+		return set_err(err, errlen, -EINVAL, "empty serial backend");
 	if (!strcmp(s, "stdio")) {
 		out->kind = CHARDEV_STDIO;
 	} else if (!strcmp(s, "none")) {
@@ -72,15 +61,15 @@ int chardev_parse(const char *s, struct chardev_spec *out, char *err, size_t err
 		out->kind = CHARDEV_UNIX;
 		path = s + 5;
 	} else {
-		return config_err(err, errlen, -EINVAL,
+		return set_err(err, errlen, -EINVAL,
 				  "invalid serial backend '%s' (expected stdio, none, file:PATH, "
 				  "pty or unix:PATH)", s);
 	}
 	if (path) {
 		if (!*path)
-			return config_err(err, errlen, -EINVAL, "serial backend '%s' needs a path", s);
+			return set_err(err, errlen, -EINVAL, "serial backend '%s' needs a path", s);
 		if (strlen(path) >= sizeof(out->path))
-			return config_err(err, errlen, -ENAMETOOLONG,
+			return set_err(err, errlen, -ENAMETOOLONG,
 					  "serial backend path is too long (max %zu bytes): %s",
 					  sizeof(out->path) - 1, path);
 		strcpy(out->path, path);
