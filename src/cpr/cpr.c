@@ -395,13 +395,26 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
 
-/* cpr-transfer's little protocol on the migration socket, after the state:
- *   new -> old  'R'               VM built, state applied, ready to run
+/* cpr-transfer's protocol on the migration socket:
+ *   old -> new  phase 1 (guest still running): header + the fds (SCM_RIGHTS)
+ *               + a stream with "machine" and "cpr" (the fd registry)
+ *   new -> old  'P'               VM built over those fds, ready for state
+ *               'F' reason\0      refused (the guest never stopped)
+ *   old -> new  phase 2 (guest stopped): header + the whole state stream
+ *   new -> old  'R'               state applied, ready to run
  *               'F' reason\0      refused (the old one resumes)
  *   old -> new  'G'               the old one will never run the guest again
- *   new -> old  'K'               the guest runs here; the old one may exit */
+ *   new -> old  'K'               the guest runs here; the old one may exit
+ * Building the VM (KVM VM, memslots, vCPUs: milliseconds, growing with RAM)
+ * happens in phase 1, while the guest runs: the blackout is only phase 2. */
 #define XFER_MAGIC 0x54525043u /* "CPRT" */
 #define XFER_TIMEOUT_MS 10000
+
+struct xfer_hdr {
+	uint32_t magic;
+	uint32_t nr_fds;
+	uint64_t len;
+};
 
 static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
 {
@@ -420,196 +433,17 @@ static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t
 	return 0;
 }
 
-/* Builds the VM from a validated stream and handed-over fds and starts the
- * guest. Transfer mode (sock >= 0): the cpr section's fd numbers index
- * recv_fds, and the start waits for the old process's go-ahead; failures are
- * told to it. Exec mode: failures exec the previous binary. */
-static int cpr_adopt(struct vm_config *cfg, struct loop *loop, const uint8_t *buf, size_t len,
-		     const int *recv_fds, int nr_recv, int sock, int memfd, struct vm **vm_out,
-		     struct qmp_server **qmp_out, char *err, size_t errlen)
+/* After 'F': the peer's reason, NUL-terminated. */
+static void xfer_recv_reason(int sock, char *why, size_t whylen)
 {
-	struct stream_index idx = { 0 };
-	struct snapshot snap = { .fd = -1 };
-	struct cpr_state *cs = calloc(1, sizeof(*cs));
-	struct chardev_handover *ho = calloc(1, sizeof(*ho));
-	struct qmp_server *qmp = NULL;
-	struct vm *vm = NULL;
-	const char *rollback = sock < 0 ? getenv(CPR_ENV_ROLLBACK) : NULL;
-	char why[480] = "", c;
-	bool have_idx = false;
-	int ret, fd;
-	uint64_t t_adopt = now_ns(), t_built, t_applied;
+	size_t n = 0;
 
-	if (!cs || !ho) {
-		snprintf(err, errlen, "out of memory");
-		free(cs);
-		free(ho);
-		return -ENOMEM;
-	}
-	chardev_keep_socket_files = true;
-	/* The registry first: without it there is no way back. */
-	ret = stream_parse(buf, len, &idx, why, sizeof(why));
-	if (ret == 0) {
-		ret = stream_get_state(&idx, "cpr", &cpr_state_desc, cs, why, sizeof(why));
-		stream_index_free(&idx);
-	}
-	if (ret < 0)
-		goto out_refuse;
-	if (recv_fds) {
-		for (uint32_t i = 0; i < cs->nr_fds; i++) {
-			if (cs->fds[i].fd >= (uint32_t)nr_recv) {
-				snprintf(why, sizeof(why), "fd '%.24s' was not received",
-					 (const char *)cs->fds[i].name);
-				ret = -EBADF;
-				goto out_refuse;
-			}
-			cs->fds[i].fd = recv_fds[cs->fds[i].fd];
-		}
-	}
-	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	have_idx = true;
-	ret = stream_get_state(&idx, "chardev/serial0", &chardev_handover_desc, ho, why,
-			       sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	if (snap.machine.ram_mode != RAM_IN_FD) {
-		snprintf(why, sizeof(why), "state does not hand over RAM as an fd");
-		ret = -EINVAL;
-		goto out_refuse;
-	}
-	/* Everything is checked: claim fds (dups, see the top of the file). */
-	cfg->adopt_ram_fd = dup_claim(cs, "ram");
-	ho->listen_fd = dup_claim(cs, "serial0-listen");
-	ho->conn_fd = dup_claim(cs, "serial0-conn");
-	cfg->serial_handover = ho;
-	cfg->restoring = 1;
-	if (cfg->adopt_ram_fd < 0) {
-		snprintf(why, sizeof(why), "no guest RAM fd handed over");
-		ret = -EBADF;
-		goto out_refuse;
-	}
-	if (cfg->qmp_path) {
-		fd = dup_claim(cs, "qmp");
-		ret = qmp_server_new_fd(&qmp, cfg->qmp_path, fd, loop, why, sizeof(why));
-		if (ret < 0)
-			goto out_refuse;
-	}
-	ret = vm_create(&vm, cfg, loop, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	t_built = now_ns();
-	ret = snapshot_apply(&snap, vm, true, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	t_applied = now_ns();
-	if (qmp) {
-		ret = qmp_commands_register(qmp, vm);
-		if (ret < 0) {
-			snprintf(why, sizeof(why), "cannot register QMP commands");
-			goto out_refuse;
-		}
-		cpr_set_qmp_fd(qmp_server_listen_fd(qmp));
-	}
-	if (sock >= 0) {
-		/* Never run the guest unless the old process has let go of it. */
-		if (send(sock, "R", 1, MSG_NOSIGNAL) != 1 ||
-		    xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why)) < 0 || c != 'G') {
-			if (!why[0])
-				snprintf(why, sizeof(why), "the old process did not let go");
-			ret = -ECANCELED;
-			goto out_refuse;
-		}
-	}
-	ret = vm_start(vm);
-	if (ret < 0) {
-		snprintf(why, sizeof(why), "cannot start vCPUs: %s", strerror(-ret));
-		goto out_refuse;
-	}
-	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
-		pr_warn("cpr-transfer: could not confirm to the old process");
-	/* The guest runs: report, then let go of the old world. */
-	{
-		uint64_t t_run = now_ns();
-		/* Blackout phases (us): stop (vCPUs out), prepare (keeper),
-		 * handover (state read and written, exec or send, new image
-		 * start-up), rebuild (KVM VM, memslots, vCPUs, devices),
-		 * restore (state into KVM), resume (vCPU threads started). */
-		int64_t ph[6] = {
-			cs->paused_ns ? (int64_t)(cs->paused_ns - cs->stop_ns) / 1000 : 0,
-			cs->captured_ns ? (int64_t)(cs->captured_ns - cs->paused_ns) / 1000 : 0,
-			cs->captured_ns ? (int64_t)(t_adopt - cs->captured_ns) / 1000 : 0,
-			(int64_t)(t_built - t_adopt) / 1000,
-			(int64_t)(t_applied - t_built) / 1000,
-			(int64_t)(t_run - t_applied) / 1000,
-		};
-		vm_cpr_completed(vm, (int64_t)(t_run - cs->stop_ns) / 1000, rollback);
-		vm_cpr_phases(vm, ph);
-	}
-	chardev_keep_socket_files = false;
-	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
-	for (uint32_t i = 0; i < cs->nr_fds; i++)
-		close(cs->fds[i].fd);
-	stream_index_free(&idx);
-	free(snap.vcpus);
-	free(cs);
-	cfg->serial_handover = NULL;
-	free(ho);
-	*vm_out = vm;
-	*qmp_out = qmp;
-	return 0;
-
-out_refuse:
-	snprintf(err, errlen, "live update: %s", why);
-	if (sock >= 0) {
-		/* Tell the old process, which resumes the guest. */
-		char msg[512];
-		int n = snprintf(msg, sizeof(msg), "F%s", why);
-		send(sock, msg, (size_t)n + 1, MSG_NOSIGNAL);
-	} else {
-		cpr_rollback(cs, memfd, why);
-	}
-	if (have_idx)
-		stream_index_free(&idx);
-	free(snap.vcpus);
-	free(cs);
-	free(ho);
-	(void)vm;
-	(void)qmp;
-	return ret < 0 ? ret : -EINVAL;
+	while (n < whylen - 1 && recv(sock, why + n, 1, 0) == 1 && why[n])
+		n++;
+	why[n] = 0;
+	if (!n)
+		snprintf(why, whylen, "the new process refused the state");
 }
-
-int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		 struct qmp_server **qmp_out, char *err, size_t errlen)
-{
-	int memfd = atoi(getenv(CPR_ENV_STATE)), ret;
-	uint8_t *buf = NULL;
-	struct stat st;
-
-	unsetenv(CPR_ENV_STATE);
-	if (fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
-	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
-		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
-		free(buf);
-		return -EINVAL;
-	}
-	fcntl(memfd, F_SETFD, FD_CLOEXEC);
-	ret = cpr_adopt(cfg, loop, buf, st.st_size, NULL, 0, -1, memfd, vm_out, qmp_out, err,
-			errlen);
-	if (ret == 0)
-		close(memfd);
-	free(buf);
-	return ret;
-}
-
-/* --- cpr-transfer --------------------------------------------------------------- */
-
-struct xfer_hdr {
-	uint32_t magic;
-	uint32_t nr_fds;
-	uint64_t len;
-};
 
 static int xfer_recv_all(int sock, void *buf, size_t len)
 {
@@ -622,10 +456,9 @@ static int xfer_recv_all(int sock, void *buf, size_t len)
 	return 0;
 }
 
-int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
-			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen)
+/* One message: header (+ fds), then len bytes into *buf (malloc'd). */
+static int xfer_recv_msg(int sock, uint8_t **buf, size_t *len, int *fds, int *nfds)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
 		struct cmsghdr align;
@@ -634,24 +467,293 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
 			      .msg_controllen = sizeof(ctl.buf) };
-	int lfd = -1, sock = -1, fds[CPR_MAX_FDS], nfds = 0, ret;
-	uint8_t *buf = NULL;
 	struct cmsghdr *cm;
 	ssize_t n;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
+	*nfds = 0;
+	n = recvmsg(sock, &msg, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			if (k > CPR_MAX_FDS)
+				k = CPR_MAX_FDS;
+			memcpy(fds, CMSG_DATA(cm), k * sizeof(int));
+			*nfds = k;
+		}
+	if (n != sizeof(h) || h.magic != XFER_MAGIC || h.len == 0 || h.len > (256 << 20) ||
+	    (msg.msg_flags & MSG_CTRUNC))
+		return -EPROTO;
+	*buf = malloc(h.len);
+	if (!*buf)
+		return -ENOMEM;
+	if (xfer_recv_all(sock, *buf, h.len) < 0) {
+		free(*buf);
+		*buf = NULL;
+		return -EPROTO;
+	}
+	*len = h.len;
+	return 0;
+}
+
+static int xfer_send_msg(int sock, const struct sbuf *b, const int *fds, int nfds)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
+		struct cmsghdr align;
+	} ctl;
+	struct xfer_hdr h = { .magic = XFER_MAGIC, .nr_fds = nfds, .len = b->len };
+	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (nfds) {
+		struct cmsghdr *cm;
+		msg.msg_control = ctl.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+	}
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
+	    send(sock, b->data, b->len, MSG_NOSIGNAL) != (ssize_t)b->len)
+		return -EPIPE;
+	return 0;
+}
+
+static void xfer_refuse(int sock, const char *why)
+{
+	char msg[512];
+	int n = snprintf(msg, sizeof(msg), "F%s", why);
+
+	send(sock, msg, (size_t)(n < (int)sizeof(msg) ? n + 1 : (int)sizeof(msg)), MSG_NOSIGNAL);
+}
+
+/* --- taking over (both modes) --------------------------------------------------- */
+
+/* The registry of a stream; in transfer mode its numbers index recv_fds. */
+static int cpr_load_registry(const uint8_t *buf, size_t len, struct cpr_state *cs,
+			     const int *recv_fds, int nr_recv, char *why, size_t whylen)
+{
+	struct stream_index idx = { 0 };
+	int ret;
+
+	ret = stream_parse(buf, len, &idx, why, whylen);
+	if (ret < 0)
+		return ret;
+	ret = stream_get_state(&idx, "cpr", &cpr_state_desc, cs, why, whylen);
+	stream_index_free(&idx);
+	if (ret < 0 || !recv_fds)
+		return ret;
+	for (uint32_t i = 0; i < cs->nr_fds; i++) {
+		if (cs->fds[i].fd >= (uint32_t)nr_recv)
+			return set_err(why, whylen, -EBADF, "fd '%.24s' was not received",
+				       (const char *)cs->fds[i].name);
+		cs->fds[i].fd = recv_fds[cs->fds[i].fd];
+	}
+	return 0;
+}
+
+/* KVM VM, memslots over the handed-over RAM, vCPUs; the serial port waits
+ * for its state (cpr_finish). Claims dups: see the top of the file. */
+static int cpr_build_vm(struct vm_config *cfg, struct loop *loop, const struct cpr_state *cs,
+			struct vm **vm, char *why, size_t whylen)
+{
+	cfg->adopt_ram_fd = dup_claim(cs, "ram");
+	if (cfg->adopt_ram_fd < 0)
+		return set_err(why, whylen, -EBADF, "no guest RAM fd handed over");
+	cfg->restoring = 1;
+	cfg->serial_later = 1;
+	return vm_create(vm, cfg, loop, why, whylen);
+}
+
+/* Everything after the VM exists: serial port and QMP over their fds, the
+ * state into KVM and the devices, then (transfer) the handshake, and the
+ * start. snap must come from a validated stream (snapshot_load_stream). */
+static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
+		      const struct cpr_state *cs, struct snapshot *snap,
+		      const struct stream_index *idx, int sock, struct qmp_server **qmp,
+		      char *why, size_t whylen)
+{
+	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	char c;
+	int ret;
+
+	if (!ho)
+		return set_err(why, whylen, -ENOMEM, "out of memory");
+	ret = stream_get_state(idx, "chardev/serial0", &chardev_handover_desc, ho, why, whylen);
+	if (ret < 0)
+		goto out;
+	if (snap->machine.ram_mode != RAM_IN_FD) {
+		ret = set_err(why, whylen, -EINVAL, "state does not hand over RAM as an fd");
+		goto out;
+	}
+	ho->listen_fd = dup_claim(cs, "serial0-listen");
+	ho->conn_fd = dup_claim(cs, "serial0-conn");
+	ret = vm_attach_serial(vm, ho, why, whylen);
+	if (ret < 0)
+		goto out;
+	if (cfg->qmp_path) {
+		ret = qmp_server_new_fd(qmp, cfg->qmp_path, dup_claim(cs, "qmp"), loop, why,
+					whylen);
+		if (ret < 0)
+			goto out;
+	}
+	ret = snapshot_apply(snap, vm, true, why, whylen);
+	if (ret < 0)
+		goto out;
+	if (*qmp) {
+		ret = qmp_commands_register(*qmp, vm);
+		if (ret < 0) {
+			set_err(why, whylen, ret, "cannot register QMP commands");
+			goto out;
+		}
+		cpr_set_qmp_fd(qmp_server_listen_fd(*qmp));
+	}
+	if (sock >= 0) {
+		/* Never run the guest unless the old process has let go of it. */
+		if (send(sock, "R", 1, MSG_NOSIGNAL) != 1 ||
+		    xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen) < 0 || c != 'G') {
+			if (c != 'G' && !why[0])
+				snprintf(why, whylen, "the old process did not let go");
+			ret = -ECANCELED;
+			goto out;
+		}
+	}
+	ret = vm_start(vm);
+	if (ret < 0) {
+		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
+		goto out;
+	}
+	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
+		pr_warn("cpr-transfer: could not confirm to the old process");
+out:
+	free(ho);
+	return ret;
+}
+
+/* The guest runs: report, then let go of the old world's fds. */
+static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint64_t t_built,
+		     uint64_t t_applied, const char *rollback)
+{
+	uint64_t t_run = now_ns();
+	/* Blackout phases (us): stop (vCPUs out), prepare (keeper), handover
+	 * (state read and written, exec or send, new image start-up), rebuild
+	 * (KVM VM, memslots, vCPUs; cpr-transfer built them before the stop, so
+	 * there it is only checking the state), restore (state into KVM and
+	 * devices; for cpr-transfer also the go-ahead and the start), resume
+	 * (vCPU threads started). */
+	int64_t ph[6] = {
+		cs->paused_ns ? (int64_t)(cs->paused_ns - cs->stop_ns) / 1000 : 0,
+		cs->captured_ns ? (int64_t)(cs->captured_ns - cs->paused_ns) / 1000 : 0,
+		cs->captured_ns ? (int64_t)(t_adopt - cs->captured_ns) / 1000 : 0,
+		(int64_t)(t_built - t_adopt) / 1000,
+		(int64_t)(t_applied - t_built) / 1000,
+		(int64_t)(t_run - t_applied) / 1000,
+	};
+
+	vm_cpr_completed(vm, (int64_t)(t_run - cs->stop_ns) / 1000, rollback);
+	vm_cpr_phases(vm, ph);
+	chardev_keep_socket_files = false;
+	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
+	for (uint32_t i = 0; i < cs->nr_fds; i++)
+		close(cs->fds[i].fd);
+}
+
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+		 struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	const char *rollback = getenv(CPR_ENV_ROLLBACK);
+	int memfd = atoi(getenv(CPR_ENV_STATE)), ret;
+	struct stream_index idx = { 0 };
+	struct snapshot snap = { .fd = -1 };
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	struct qmp_server *qmp = NULL;
+	struct vm *vm = NULL;
+	uint64_t t_adopt = now_ns(), t_built;
+	char why[480] = "";
+	uint8_t *buf = NULL;
+	bool have_idx = false;
+	struct stat st;
+
+	unsetenv(CPR_ENV_STATE);
+	if (!cs || fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
+	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
+		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
+		free(buf);
+		free(cs);
+		return -EINVAL;
+	}
+	fcntl(memfd, F_SETFD, FD_CLOEXEC);
+	chardev_keep_socket_files = true;
+	/* The registry first: without it there is no way back. */
+	ret = cpr_load_registry(buf, st.st_size, cs, NULL, 0, why, sizeof(why));
+	if (ret < 0) {
+		snprintf(err, errlen, "live update: unusable state: %s", why);
+		goto out;
+	}
+	ret = snapshot_load_stream(buf, st.st_size, cfg, true, &snap, &idx, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	have_idx = true;
+	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	t_built = now_ns();
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, &qmp, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	cpr_done(vm, cs, t_adopt, t_built, now_ns(), rollback);
+	close(memfd);
+	*vm_out = vm;
+	*qmp_out = qmp;
+	goto out;
+out_rollback:
+	snprintf(err, errlen, "live update: %s", why);
+	cpr_rollback(cs, memfd, why);
+out:
+	if (have_idx)
+		stream_index_free(&idx);
+	free(snap.vcpus);
+	free(buf);
+	free(cs);
+	return ret;
+}
+
+/* --- cpr-transfer --------------------------------------------------------------- */
+
+int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
+			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	struct stream_index idx = { 0 };
+	struct snapshot snap = { .fd = -1 };
+	struct machine_state ms;
+	struct qmp_server *qmp = NULL;
+	struct vm *vm = NULL;
+	int lfd = -1, sock = -1, fds[CPR_MAX_FDS], nfds = 0, dummy[CPR_MAX_FDS], ndummy;
+	uint8_t *buf = NULL;
+	size_t len;
+	bool have_idx = false;
+	uint64_t t_adopt, t_built;
+	char why[480] = "";
+	int ret;
+
+	if (!cs)
+		return -ENOMEM;
+	if (strlen(path) >= sizeof(sa.sun_path) - 12) {
 		snprintf(err, errlen, "--incoming unix: path too long");
+		free(cs);
 		return -ENAMETOOLONG;
 	}
 	/* Bound under a temporary name and renamed once listening: whoever
 	 * sees PATH can connect (no ECONNREFUSED window between bind and
 	 * listen). */
-	if (snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d", path, (int)getpid()) >=
-	    (int)sizeof(sa.sun_path))
-		strcpy(sa.sun_path, path);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d", path, (int)getpid());
 	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 1) < 0 ||
-	    (strcmp(sa.sun_path, path) && rename(sa.sun_path, path) < 0)) {
+	    rename(sa.sun_path, path) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot listen on '%s' for incoming state: %s", path,
 			 strerror(-ret));
@@ -659,6 +761,7 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 			close(lfd);
 			unlink(sa.sun_path);
 		}
+		free(cs);
 		return ret;
 	}
 	pr_info("cpr-transfer: waiting for the old process on %s", path);
@@ -668,29 +771,38 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 	if (sock < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "accepting the old process: %s", strerror(-ret));
+		free(cs);
 		return ret;
 	}
-	n = recvmsg(sock, &msg, MSG_WAITALL | MSG_CMSG_CLOEXEC);
-	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			if (nfds > CPR_MAX_FDS)
-				nfds = CPR_MAX_FDS;
-			memcpy(fds, CMSG_DATA(cm), nfds * sizeof(int));
-		}
-	if (n != sizeof(h) || h.magic != XFER_MAGIC || h.len == 0 || h.len > (256 << 20) ||
-	    (msg.msg_flags & MSG_CTRUNC)) {
-		snprintf(err, errlen, "cpr-transfer: bad message from the old process");
-		send(sock, "Fbad message", 13, MSG_NOSIGNAL);
-		ret = -EPROTO;
-		goto out;
+	chardev_keep_socket_files = true;
+
+	/* Phase 1, the guest still runs: fds and configuration; build the VM. */
+	ret = xfer_recv_msg(sock, &buf, &len, fds, &nfds);
+	if (ret < 0) {
+		set_err(why, sizeof(why), ret, "bad message from the old process");
+		goto out_refuse;
 	}
-	buf = malloc(h.len);
-	if (!buf || (ret = xfer_recv_all(sock, buf, h.len)) < 0) {
-		snprintf(err, errlen, "cpr-transfer: the state did not arrive whole");
-		ret = -EPROTO;
-		goto out;
+	ret = cpr_load_registry(buf, len, cs, fds, nfds, why, sizeof(why));
+	if (ret < 0)
+		goto out_refuse;
+	ret = stream_parse(buf, len, &idx, why, sizeof(why));
+	if (ret == 0) {
+		memset(&ms, 0, sizeof(ms));
+		ret = stream_get_state(&idx, "machine", &machine_state_desc, &ms, why, sizeof(why));
+		stream_index_free(&idx);
 	}
+	if (ret < 0)
+		goto out_refuse;
+	if (ms.mem_size != cfg->mem_size || ms.nr_cpus != (uint32_t)cfg->nr_cpus) {
+		ret = set_err(why, sizeof(why), -EINVAL,
+			      "the VM has --memory %lluM --cpus %u, this process was started with "
+			      "--memory %lluM --cpus %d",
+			      (unsigned long long)ms.mem_size >> 20, ms.nr_cpus,
+			      (unsigned long long)cfg->mem_size >> 20, cfg->nr_cpus);
+		goto out_refuse;
+	}
+	free(buf);
+	buf = NULL;
 	/* Fault injection for the rollback tests: die or hang with the fds. */
 	if (getenv("CPRVM_TEST_XFER_FAULT")) {
 		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "kill"))
@@ -698,15 +810,64 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
 			for (;;)
 				pause();
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
-			usleep(500 * 1000); /* a long blackout the guest must see */
 	}
-	ret = cpr_adopt(cfg, loop, buf, h.len, fds, nfds, sock, -1, vm_out, qmp_out, err, errlen);
-out:
+	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
+	if (ret < 0)
+		goto out_refuse;
+	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
+		ret = set_err(why, sizeof(why), -EPIPE, "the old process is gone");
+		goto out_refuse;
+	}
+
+	/* Phase 2, the guest stopped: the state. */
+	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
+	for (int i = 0; i < ndummy; i++)
+		close(dummy[i]);
+	if (ret < 0) {
+		set_err(why, sizeof(why), ret, "the state did not arrive whole");
+		goto out_refuse;
+	}
+	t_adopt = now_ns();
+	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
+		usleep(500 * 1000); /* a long blackout the guest must see */
+	{
+		/* The stop/paused stamps travel in phase 2's registry. */
+		struct cpr_state *cs2 = calloc(1, sizeof(*cs2));
+		if (!cs2 || cpr_load_registry(buf, len, cs2, NULL, 0, why, sizeof(why)) < 0) {
+			free(cs2);
+			ret = -EINVAL;
+			goto out_refuse;
+		}
+		cs->stop_ns = cs2->stop_ns;
+		cs->paused_ns = cs2->paused_ns;
+		cs->captured_ns = cs2->captured_ns;
+		free(cs2);
+	}
+	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, sizeof(why));
+	if (ret < 0)
+		goto out_refuse;
+	have_idx = true;
+	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, &qmp, why, sizeof(why));
+	if (ret < 0)
+		goto out_refuse;
+	cpr_done(vm, cs, t_adopt, t_built, now_ns(), NULL);
+	*vm_out = vm;
+	*qmp_out = qmp;
+	goto out;
+out_refuse:
+	/* Tell the old process, which resumes the guest (or never stopped it). */
+	snprintf(err, errlen, "live update: %s", why);
+	xfer_refuse(sock, why);
 	for (int i = 0; i < nfds; i++)
 		close(fds[i]);
+out:
+	if (have_idx)
+		stream_index_free(&idx);
+	free(snap.vcpus);
 	close(sock);
 	free(buf);
+	free(cs);
 	return ret;
 }
 
@@ -715,51 +876,38 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
-		struct cmsghdr align;
-	} ctl;
-	struct xfer_hdr h = { .magic = XFER_MAGIC };
-	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	char why[480] = "", c;
-	int sock = -1, ret;
+	int sock = -1, ret, nfds = 0;
 	int fds[CPR_MAX_FDS];
+	bool stopped = false;
 
 	if (!cs || !ho) {
-		ret = -ENOMEM;
-		snprintf(err, errlen, "out of memory");
+		ret = set_err(err, errlen, -ENOMEM, "out of memory");
 		goto out_free;
 	}
 	if (vm->mem.private_map) {
-		snprintf(err, errlen, "cpr-transfer: guest RAM is a private copy of a snapshot");
-		ret = -EINVAL;
+		ret = set_err(err, errlen, -EINVAL,
+			      "cpr-transfer: guest RAM is a private copy of a snapshot");
 		goto out_free;
 	}
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		snprintf(err, errlen, "cpr-transfer: path too long");
-		ret = -ENAMETOOLONG;
+		ret = set_err(err, errlen, -ENAMETOOLONG, "cpr-transfer: path too long");
 		goto out_free;
 	}
 	strcpy(sa.sun_path, path);
-	/* Reach the new process before stopping anything. */
 	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (sock < 0 || connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		ret = -errno;
-		snprintf(err, errlen, "cpr-transfer: cannot reach '%s': %s", path, strerror(-ret));
+		set_err(err, errlen, ret, "cpr-transfer: cannot reach '%s': %s", path,
+			strerror(-ret));
 		goto out_free;
 	}
-	cs->stop_ns = now_ns();
-	ret = vm_pause(vm);
-	if (ret < 0) {
-		snprintf(err, errlen, "cpr-transfer: cannot stop the vCPUs: %s", strerror(-ret));
-		goto out_free;
-	}
-	cs->paused_ns = cs->captured_ns = now_ns();
-	chardev_set_frozen(vm->serial_chr, true);
+
+	/* Phase 1, the guest still running: fds (the registry's "fd" is the
+	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
 	chardev_export(vm->serial_chr, ho);
-	/* In the registry, "fd" is the index in the SCM_RIGHTS array. */
 	{
 		const struct { const char *name; int fd; } out[] = {
 			{ "ram", vm->mem.fd },
@@ -770,51 +918,61 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 		for (size_t i = 0; i < ARRAY_SIZE(out); i++) {
 			if (out[i].fd < 0)
 				continue;
-			fds[h.nr_fds] = out[i].fd;
-			cpr_add_fd(cs, out[i].name, (int)h.nr_fds);
-			h.nr_fds++;
+			fds[nfds] = out[i].fd;
+			cpr_add_fd(cs, out[i].name, nfds);
+			nfds++;
 		}
 	}
-	ret = cpr_build_stream(vm, ho, cs, &b);
+	snapshot_machine(vm, &ms, RAM_IN_FD);
+	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
+				       CPRVM_VERSION_MICRO)) < 0 ||
+	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_writer_end(&b)) < 0 || (ret = xfer_send_msg(sock, &b, fds, nfds)) < 0) {
+		set_err(why, sizeof(why), ret, "cannot send the configuration: %s", strerror(-ret));
+		goto out_fail;
+	}
+	sbuf_free(&b);
+	b = (struct sbuf)SBUF_INIT;
+	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why));
+	if (ret < 0)
+		goto out_fail;
+	if (c != 'P') {
+		xfer_recv_reason(sock, why, sizeof(why));
+		ret = -ECANCELED;
+		goto out_fail;
+	}
+
+	/* Phase 2: stop, capture, send. */
+	cs->stop_ns = now_ns();
+	ret = vm_pause(vm);
 	if (ret < 0) {
-		snprintf(why, sizeof(why), "cannot capture VM state: %s", strerror(-ret));
-		goto out_resume;
+		set_err(why, sizeof(why), ret, "cannot stop the vCPUs: %s", strerror(-ret));
+		goto out_fail;
 	}
-	h.len = b.len;
-	msg.msg_control = ctl.buf;
-	msg.msg_controllen = CMSG_SPACE(sizeof(int) * h.nr_fds);
-	{
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * h.nr_fds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * h.nr_fds);
-	}
-	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
-	    send(sock, b.data, b.len, MSG_NOSIGNAL) != (ssize_t)b.len) {
-		snprintf(why, sizeof(why), "cannot send the state: %s", strerror(errno));
-		ret = -EPIPE;
-		goto out_resume;
+	stopped = true;
+	cs->paused_ns = cs->captured_ns = now_ns();
+	chardev_set_frozen(vm->serial_chr, true);
+	chardev_export(vm->serial_chr, ho);
+	ret = cpr_build_stream(vm, ho, cs, &b);
+	if (ret == 0)
+		ret = xfer_send_msg(sock, &b, NULL, 0);
+	if (ret < 0) {
+		set_err(why, sizeof(why), ret, "cannot send the state: %s", strerror(-ret));
+		goto out_fail;
 	}
 	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why));
 	if (ret < 0)
-		goto out_resume;
+		goto out_fail;
 	if (c != 'R') {
-		size_t n = 0;
-		/* 'F' and the new process's reason */
-		while (n < sizeof(why) - 1 && recv(sock, why + n, 1, 0) == 1 && why[n])
-			n++;
-		why[n] = 0;
-		if (!n)
-			snprintf(why, sizeof(why), "the new process refused the state");
+		xfer_recv_reason(sock, why, sizeof(why));
 		ret = -ECANCELED;
-		goto out_resume;
+		goto out_fail;
 	}
 	/* Point of no return: from here on only the new process runs the guest. */
 	if (send(sock, "G", 1, MSG_NOSIGNAL) != 1) {
-		snprintf(why, sizeof(why), "the new process is gone");
-		ret = -EPIPE;
-		goto out_resume;
+		ret = set_err(why, sizeof(why), -EPIPE, "the new process is gone");
+		goto out_fail;
 	}
 	if (xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why)) < 0 || c != 'K')
 		pr_warn("cpr-transfer: no confirmation from the new process (%s)", why);
@@ -828,13 +986,15 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 	free(cs);
 	return 0;
 
-out_resume:
+out_fail:
 	/* A failed outgoing update leaves the guest running here, as it was. */
 	close(sock);
 	sock = -1;
-	chardev_set_frozen(vm->serial_chr, false);
-	vm_resume(vm);
-	snprintf(err, errlen, "cpr-transfer: %s", why);
+	if (stopped) {
+		chardev_set_frozen(vm->serial_chr, false);
+		vm_resume(vm);
+	}
+	set_err(err, errlen, ret, "cpr-transfer: %s", why);
 out_free:
 	if (sock >= 0)
 		close(sock);

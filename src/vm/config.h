@@ -41,6 +41,7 @@ struct vm_config {
 	/* Live update: guest RAM and the serial backend arrive as fds. */
 	int adopt_ram_fd; /* -1: none */
 	const struct chardev_handover *serial_handover;
+	int serial_later; /* vm_attach_serial() comes later (cpr-transfer) */
 };
 
 /* "512M", "1G", "4096K", "1073741824" (bytes). Suffixes K/M/G/T, base 1024,

@@ -340,6 +340,22 @@ static int vm_load_initrd(struct vm *vm, char *err, size_t errlen)
 	return -ENOTSUP;
 }
 
+int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen)
+{
+	int ret;
+
+	if (h)
+		ret = chardev_adopt(&vm->serial_chr, &vm->cfg.serial, h, vm->loop, err, errlen);
+	else
+		ret = chardev_open(&vm->serial_chr, &vm->cfg.serial, vm->loop, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = serial_new(&vm->serial, vm->serial_chr, 4, vm_set_irq, vm);
+	if (ret < 0)
+		vm_fail(err, errlen, ret, "serial");
+	return ret;
+}
+
 int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
 	      size_t errlen)
 {
@@ -475,17 +491,10 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 		goto out_free;
 	}
 
-	if (cfg->serial_handover)
-		ret = chardev_adopt(&vm->serial_chr, &cfg->serial, cfg->serial_handover, loop, err,
-				    errlen);
-	else
-		ret = chardev_open(&vm->serial_chr, &cfg->serial, loop, err, errlen);
-	if (ret < 0)
-		goto out_free;
-	ret = serial_new(&vm->serial, vm->serial_chr, 4, vm_set_irq, vm);
-	if (ret < 0) {
-		vm_fail(err, errlen, ret, "serial");
-		goto out_free;
+	if (!cfg->serial_later) {
+		ret = vm_attach_serial(vm, cfg->serial_handover, err, errlen);
+		if (ret < 0)
+			goto out_free;
 	}
 	*out = vm;
 	return 0;

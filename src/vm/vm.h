@@ -39,6 +39,10 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen);
 /* --incoming defer: built, not started, waiting for vm_incoming(). */
 void vm_set_inmigrate(struct vm *vm);
+/* The serial port, created by vm_create unless cfg->serial_later: over a
+ * live update's handed-over fds (h), or opened from the configuration. */
+struct chardev_handover;
+int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen);
 /* Starts the vCPU threads; the guest runs. */
 int vm_start(struct vm *vm);
 /* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */
