@@ -172,6 +172,9 @@ def test_echo_client_20_updates(vms, tmp_path, mode):
             up.update()
         # Updates can be quicker than the stream: keep it going a little.
         wait_for(lambda: len(sent) >= 4096, 30, "4 KiB sent")
+    except BaseException:
+        up.cleanup()  # a failed run must not leave serving processes behind
+        raise
     finally:
         stop.set()
         tw.join()
