@@ -207,6 +207,7 @@ class Vm:
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE if serial == "stdio" else subprocess.DEVNULL,
                                      stderr=self.stderr_f)
+        self.extra_procs = []  # processes that took the guest over (live update)
         self.serial = None
         self.serial_sock = None
         self.pty_fd = None
@@ -271,9 +272,10 @@ class Vm:
         return self.wait_exit()
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        for p in [self.proc] + self.extra_procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for q in self._qmps:
             q.close()
         if self.serial_sock:
