@@ -154,10 +154,26 @@ static void *vcpu_thread(void *arg)
 			 * KVM finishes a pending I/O (writes the IN data,
 			 * advances string I/O) on the next KVM_RUN, and with
 			 * immediate_exit it returns -EINTR before running any
-			 * guest instruction (api.rst, KVM_EXIT_IO). A parked
-			 * vCPU's state is then complete and can be saved. */
-			__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-			ioctl(v->fd, KVM_RUN, 0);
+			 * guest instruction (api.rst, KVM_EXIT_IO). But
+			 * completing one step of a string instruction (rep
+			 * outsb, a rep insb that crosses a page) can need the
+			 * next step from us: KVM_RUN then returns another I/O
+			 * exit, which must be handled too, or its byte is lost.
+			 * Only after -EINTR is the vCPU's state complete. */
+			bool alive = true;
+			for (;;) {
+				__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+				if (ioctl(v->fd, KVM_RUN, 0) < 0)
+					break;
+				if (!vcpu_handle_exit(v)) {
+					alive = false;
+					break;
+				}
+			}
+			if (!alive) {
+				vcpu_park(v, true);
+				break;
+			}
 			if (!vcpu_park(v, false))
 				break;
 			continue;

@@ -176,6 +176,31 @@ def connect_unix(path, timeout=10.0):
     return wait_for(attempt, timeout, "unix socket %s" % path)
 
 
+def wait_echo_ready(sock, timeout=30.0):
+    """Bytes that reach the UART before the guest has set it up are dropped
+    by the guest's own FIFO reset (as on real hardware): ping until the echo
+    guest answers, then drain the extra pings."""
+    end = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    try:
+        while True:
+            assert time.monotonic() < end, "the echo guest never answered"
+            sock.sendall(b"?")
+            try:
+                if sock.recv(64):
+                    break
+            except socket.timeout:
+                pass
+        while True:
+            try:
+                if not sock.recv(64):
+                    break
+            except socket.timeout:
+                break
+    finally:
+        sock.settimeout(None)
+
+
 class Vm:
     """One cprvm process. serial: 'unix' (default), 'stdio', 'file', 'pty',
     'none'."""

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import BUILD, CPRVM, Qmp, assert_hb_continuous, connect_unix, heartbeats, wait_for
+from conftest import (BUILD, CPRVM, Qmp, assert_hb_continuous, connect_unix, heartbeats,
+                      wait_echo_ready, wait_for)
 
 NEXT = os.path.join(BUILD, "cprvm-next")
 
@@ -135,6 +136,7 @@ def test_echo_client_20_updates(vms, tmp_path, mode):
     vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False)
     up = Updater(vm, tmp_path, mode)
     s = connect_unix(vm.serial_path)
+    wait_echo_ready(s)
     s.settimeout(30)
     rnd = random.Random(7)
     sent, got = bytearray(), bytearray()
@@ -178,8 +180,10 @@ def test_echo_client_20_updates(vms, tmp_path, mode):
     try:
         wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
     except AssertionError:
-        raise AssertionError("echoed %d of %d bytes; equal prefix: %s" % (
-            len(got), len(sent), bytes(got) == bytes(sent[:len(got)])))
+        i = next((k for k in range(min(len(got), len(sent))) if got[k] != sent[k]), -1)
+        raise AssertionError("echoed %d of %d bytes; first difference at %d: sent %s got %s" % (
+            len(got), len(sent), i, bytes(sent[max(0, i - 4):i + 8]).hex(),
+            bytes(got[max(0, i - 4):i + 8]).hex()))
     s.shutdown(socket.SHUT_WR)  # the reader then sees the end and stops
     s.settimeout(2)
     tr.join()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import assert_hb_continuous, connect_unix, heartbeats
+from conftest import assert_hb_continuous, connect_unix, heartbeats, wait_echo_ready
 
 
 @pytest.mark.parametrize("cpus", [1, 2])
@@ -57,6 +57,7 @@ def test_echo_unix_reconnect(vms):
     # a third of what it costs at CPL3 here (~14 KB/s end to end).
     vm = vms(cmdline="echo serial=cpl0", serial="unix", connect=False)
     s = connect_unix(vm.serial_path)
+    wait_echo_ready(s)
     echo_roundtrip(s, ECHO_BYTES, 1)
     s.close()
     # The VM survives the client leaving; a new client gets exact echo too.
