@@ -307,15 +307,10 @@ def test_incoming_defer_needs_qmp(tmp_path):
 def test_uart_pending_bytes_survive(vms, tmp_path):
     """Bytes the guest had not read yet live in the UART's FIFO: they are in
     the snapshot and reach the restored guest."""
-    from conftest import connect_unix
+    from conftest import connect_unix, wait_echo_ready
     vm = vms(cmdline="echo serial=cpl0", memory="256M", serial="unix", connect=False)
     s = connect_unix(vm.serial_path)
-    s.sendall(b"ping")
-    s.settimeout(10)
-    got = b""
-    while len(got) < 4:
-        got += s.recv(16)
-    assert got == b"ping"
+    wait_echo_ready(s)  # the guest has set up its UART and echoes
     q = vm.qmp()
     q.ok("stop")
     s.sendall(b"0123456789")  # fits the 16-byte FIFO; cprvm moves it there
