@@ -54,7 +54,7 @@ void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_r
 	struct migration *mig = &vm->migration;
 
 	mig->downtime_us = downtime_us;
-	mig->total_ms_x1000 = downtime_us;
+	mig->total_us = downtime_us;
 	mig->setup_us = 0;
 	mig->total = vm->mem.size;
 	mig->transferred = 0;
@@ -115,7 +115,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 	if (ret < 0)
 		goto out_fail;
 	mig->downtime_us = now_us() - t_stop;
-	mig->total_ms_x1000 = now_us() - t0;
+	mig->total_us = now_us() - t0;
 	mig->setup_us = t_stop - t0;
 	mig->total = vm->mem.size;
 	mig->transferred = stat(uri + 5, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;

@@ -16,7 +16,7 @@ struct migration {
 	bool ignore_shared; /* capability x-ignore-shared */
 	enum migrate_mode mode;
 	const char *status; /* NULL: never started; "completed", "failed" */
-	int64_t total_ms_x1000, downtime_us, setup_us; /* microseconds */
+	int64_t total_us, downtime_us, setup_us;
 	uint64_t transferred, total;
 	bool have_phases;
 	int64_t phases_us[6]; /* live update blackout, see cpr.c */

@@ -318,11 +318,11 @@ static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *op
 	if (!strcmp(mig->status, "completed")) {
 		/* QEMU reports milliseconds; cprvm's pauses are shorter, so
 		 * also give microseconds (x-*-us). */
-		json_object_set_new(r, "total-time", json_integer(mig->total_ms_x1000 / 1000));
+		json_object_set_new(r, "total-time", json_integer(mig->total_us / 1000));
 		json_object_set_new(r, "downtime", json_integer(mig->downtime_us / 1000));
 		json_object_set_new(r, "setup-time", json_integer(mig->setup_us / 1000));
 		json_object_set_new(r, "x-downtime-us", json_integer(mig->downtime_us));
-		json_object_set_new(r, "x-total-time-us", json_integer(mig->total_ms_x1000));
+		json_object_set_new(r, "x-total-time-us", json_integer(mig->total_us));
 		json_object_set_new(r, "ram", json_pack("{s:I,s:I,s:I}", "transferred",
 							(json_int_t)mig->transferred, "total",
 							(json_int_t)mig->total, "remaining", (json_int_t)0));
