@@ -154,12 +154,17 @@ void serial_echo(void) __attribute__((noreturn));
 void serial_panic_line(const char *s, size_t n); /* CPL0, bounded lock wait */
 
 /* ---- per-CPU state and the stall probe (main.c) --------------------------------- */
+#define GAP_RING 16
 struct pcpu {
 	u64 last_tsc;
 	u64 max_gap;  /* largest rdtsc gap since CPU 0 last took it */
 	u32 online;
 	u32 apic_id;
-	u8 pad[40];
+	/* gaps=US: every gap longer than gap_min is queued for CPU 0 to
+	 * print as a GAP line (the CPU writes head, CPU 0 reads tail). */
+	u64 gap_min;
+	u32 gap_head, gap_tail;
+	struct { u64 at, len; } gaps[GAP_RING];
 } __attribute__((aligned(64)));
 
 extern struct pcpu pcpus[GUEST_MAX_CPUS];
@@ -171,9 +176,18 @@ static inline u64 tick(struct pcpu *p)
 	u64 now = rdtsc();
 	u64 gap = now - p->last_tsc;
 
-	p->last_tsc = now;
 	if (gap > __atomic_load_n(&p->max_gap, __ATOMIC_RELAXED))
 		__atomic_store_n(&p->max_gap, gap, __ATOMIC_RELAXED);
+	if (p->gap_min && gap > p->gap_min) {
+		u32 h = p->gap_head;
+
+		if (h - __atomic_load_n(&p->gap_tail, __ATOMIC_ACQUIRE) < GAP_RING) {
+			p->gaps[h % GAP_RING].at = p->last_tsc;
+			p->gaps[h % GAP_RING].len = gap;
+			__atomic_store_n(&p->gap_head, h + 1, __ATOMIC_RELEASE);
+		}
+	}
+	p->last_tsc = now;
 	return now;
 }
 

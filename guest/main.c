@@ -27,6 +27,7 @@ static struct {
 	u64 shutdown_ms;
 	bool crash;
 	bool iobench;
+	u64 gaps_us;
 } opt;
 
 static struct area dirty_area, verify_area;
@@ -139,6 +140,11 @@ static void opt_parse_token(const char *tok, size_t len)
 		} else {
 			opt_err("bad value", tok, len);
 		}
+	} else if (opt_key(tok, len, "gaps", &p) && p != end) {
+		if (opt_num(p, end, &v, &e) && e == end && v)
+			opt.gaps_us = v;
+		else
+			opt_err("bad value", tok, len);
 	} else if (len == 4 && !strncmp(tok, "echo", 4)) {
 		opt.echo = true;
 	} else if (len == 5 && !strncmp(tok, "crash", 5)) {
@@ -369,6 +375,16 @@ static void __attribute__((noreturn)) run(u32 cpu)
 				if (stall_next <= now)
 					stall_next = now + tsc_hz;
 			}
+			for (u32 i = 0; opt.gaps_us && i < GUEST_MAX_CPUS; i++) {
+				struct pcpu *c = &pcpus[i];
+				u32 t = c->gap_tail;
+
+				if (t == __atomic_load_n(&c->gap_head, __ATOMIC_ACQUIRE))
+					continue;
+				u64 at = c->gaps[t % GAP_RING].at, len = c->gaps[t % GAP_RING].len;
+				__atomic_store_n(&c->gap_tail, t + 1, __ATOMIC_RELEASE);
+				say("GAP %u %lu %lu", i, at, len * 1000 / boot.tsc_khz);
+			}
 			if (opt.shutdown && now >= shutdown_at)
 				do_shutdown();
 		}
@@ -483,6 +499,8 @@ static void __attribute__((noreturn)) bsp_main(void)
 	tsc_hz = boot.tsc_khz * 1000;
 	opt_parse(boot.cmdline);
 	stall_probe = !opt.echo;
+	for (u32 i = 0; i < GUEST_MAX_CPUS; i++)
+		pcpus[i].gap_min = opt.gaps_us * boot.tsc_khz / 1000;
 	boot_read_acpi();
 	boot_map_high();
 	pcpus[0].apic_id = boot.apic_ids[0];

@@ -53,6 +53,7 @@ struct cpr_state {
 	uint64_t stop_ns;  /* CLOCK_MONOTONIC (system-wide) when the stop began */
 	uint64_t paused_ns, captured_ns; /* every vCPU out; state in memory */
 	uint32_t keeper_pid;
+	uint32_t guest_paused; /* stopped by the user: stays stopped after */
 	uint32_t prev_argv_len; /* the old image's argv, NUL-separated */
 	char prev_argv[CPR_ARGV_MAX];
 };
@@ -70,6 +71,7 @@ static const struct state_field cpr_fields[] = {
 	STATE_FIELD_VBYTES(4, struct cpr_state, prev_argv, prev_argv_len),
 	STATE_FIELD_U64(5, struct cpr_state, paused_ns),
 	STATE_FIELD_U64(6, struct cpr_state, captured_ns),
+	STATE_FIELD_U32(7, struct cpr_state, guest_paused),
 };
 static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fields);
 
@@ -163,6 +165,9 @@ static void cpr_set_cloexec(const struct cpr_state *cs, bool on)
 			fcntl(fd, F_SETFD, on ? fl | FD_CLOEXEC : fl & ~FD_CLOEXEC);
 	}
 }
+
+static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char *err,
+			 size_t errlen);
 
 /* --- the keeper ---------------------------------------------------------------
  * Shares the old mm (CLONE_VM) and owns a copy of the old fd table. It waits
@@ -258,8 +263,15 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	}
 	/* An fd to this binary: the way back if the new one cannot take over. */
 	exefd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+	if (vm->state == RUN_STATE_RUNNING && !getenv("CPRVM_TEST_NO_LIVE_EXEC")) {
+		/* The guest runs through the exec (see "live cpr-exec"). */
+		ret = cpr_exec_live(vm, cpr.exec_argv ? argv[0] : cpr.exe, argv, exefd, err,
+				    errlen);
+		goto out_free;
+	}
 
 	cs->stop_ns = now_ns();
+	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	ret = vm_pause(vm);
 	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
@@ -359,8 +371,11 @@ out_free:
 
 bool cpr_incoming_pending(void)
 {
-	return getenv(CPR_ENV_STATE) != NULL;
+	return getenv(CPR_ENV_STATE) != NULL || getenv(CPR_ENV_LIVE) != NULL;
 }
+
+static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+			     struct qmp_server **qmp_out, char *err, size_t errlen);
 
 /* Gives everything back to the previous binary. Returns only on failure. */
 static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
@@ -620,7 +635,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 			goto out;
 		}
 	}
-	ret = vm_start(vm);
+	ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
 		goto out;
@@ -664,7 +679,7 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 		 struct qmp_server **qmp_out, char *err, size_t errlen)
 {
 	const char *rollback = getenv(CPR_ENV_ROLLBACK);
-	int memfd = atoi(getenv(CPR_ENV_STATE)), ret;
+	int memfd, ret;
 	struct stream_index idx = { 0 };
 	struct snapshot snap = { .fd = -1 };
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
@@ -676,6 +691,11 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	bool have_idx = false;
 	struct stat st;
 
+	if (getenv(CPR_ENV_LIVE)) {
+		free(cs);
+		return cpr_incoming_live(cfg, loop, vm_out, qmp_out, err, errlen);
+	}
+	memfd = atoi(getenv(CPR_ENV_STATE));
 	unsetenv(CPR_ENV_STATE);
 	if (!cs || fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
 	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
@@ -720,23 +740,135 @@ out:
 	return ret;
 }
 
-/* --- cpr-transfer --------------------------------------------------------------- */
+/* --- cpr-transfer ---------------------------------------------------------------
+ * The two sides of the protocol above, over a connected socket. cpr-transfer
+ * runs them between two processes; live cpr-exec between the keeper (in the
+ * old image's address space, which survives the exec) and the new image. */
+
+/* New side. The registry lands in *cs (the way back, for a live cpr-exec).
+ * On failure the old side has been told why, and resumes the guest. */
+static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cpr_state *cs,
+		   struct vm **vm_out, struct qmp_server **qmp_out, char *why, size_t whylen)
+{
+	struct stream_index idx = { 0 };
+	struct snapshot snap = { .fd = -1 };
+	struct machine_state ms;
+	struct qmp_server *qmp = NULL;
+	struct vm *vm = NULL;
+	int fds[CPR_MAX_FDS], nfds = 0, dummy[CPR_MAX_FDS], ndummy;
+	uint8_t *buf = NULL;
+	size_t len;
+	bool have_idx = false;
+	uint64_t t_adopt, t_built;
+	int ret;
+
+	chardev_keep_socket_files = true;
+	/* Phase 1, the guest still runs: fds and configuration; build the VM. */
+	ret = xfer_recv_msg(sock, &buf, &len, fds, &nfds);
+	if (ret < 0) {
+		set_err(why, whylen, ret, "bad message from the old process");
+		goto out_refuse;
+	}
+	ret = cpr_load_registry(buf, len, cs, fds, nfds, why, whylen);
+	if (ret < 0)
+		goto out_refuse;
+	ret = stream_parse(buf, len, &idx, why, whylen);
+	if (ret == 0) {
+		memset(&ms, 0, sizeof(ms));
+		ret = stream_get_state(&idx, "machine", &machine_state_desc, &ms, why, whylen);
+		stream_index_free(&idx);
+	}
+	if (ret < 0)
+		goto out_refuse;
+	if (ms.mem_size != cfg->mem_size || ms.nr_cpus != (uint32_t)cfg->nr_cpus) {
+		ret = set_err(why, whylen, -EINVAL,
+			      "the VM has --memory %lluM --cpus %u, this process was started with "
+			      "--memory %lluM --cpus %d",
+			      (unsigned long long)ms.mem_size >> 20, ms.nr_cpus,
+			      (unsigned long long)cfg->mem_size >> 20, cfg->nr_cpus);
+		goto out_refuse;
+	}
+	free(buf);
+	buf = NULL;
+	/* Fault injection for the rollback tests: die or hang with the fds. */
+	if (getenv("CPRVM_TEST_XFER_FAULT")) {
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "kill"))
+			raise(SIGKILL);
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
+			for (;;)
+				pause();
+	}
+	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
+	if (ret < 0)
+		goto out_refuse;
+	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
+		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
+		goto out_refuse;
+	}
+
+	/* Phase 2, the guest stopped: the state. */
+	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
+	for (int i = 0; i < ndummy; i++)
+		close(dummy[i]);
+	if (ret < 0) {
+		set_err(why, whylen, ret, "the state did not arrive whole");
+		goto out_refuse;
+	}
+	t_adopt = now_ns();
+	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
+		usleep(500 * 1000); /* a long blackout the guest must see */
+	{
+		/* The stop/paused stamps travel in phase 2's registry. */
+		struct cpr_state *cs2 = calloc(1, sizeof(*cs2));
+		if (!cs2 || cpr_load_registry(buf, len, cs2, NULL, 0, why, whylen) < 0) {
+			free(cs2);
+			ret = -EINVAL;
+			goto out_refuse;
+		}
+		cs->stop_ns = cs2->stop_ns;
+		cs->paused_ns = cs2->paused_ns;
+		cs->captured_ns = cs2->captured_ns;
+		cs->guest_paused = cs2->guest_paused;
+		free(cs2);
+	}
+	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
+	if (ret < 0)
+		goto out_refuse;
+	have_idx = true;
+	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, &qmp, why, whylen);
+	if (ret < 0)
+		goto out_refuse;
+	*vm_out = vm;
+	*qmp_out = qmp;
+	vm = NULL;
+	qmp = NULL;
+	cpr_done(*vm_out, cs, t_adopt, t_built, now_ns(), getenv(CPR_ENV_ROLLBACK));
+	goto out;
+out_refuse:
+	/* Tell the old side, which resumes the guest (or never stopped it). */
+	xfer_refuse(sock, why);
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	if (qmp)
+		qmp_server_free(qmp);
+	if (vm)
+		vm_destroy(vm);
+	cs->nr_fds = 0;
+out:
+	if (have_idx)
+		stream_index_free(&idx);
+	free(snap.vcpus);
+	free(buf);
+	return ret;
+}
 
 int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
 			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
-	struct stream_index idx = { 0 };
-	struct snapshot snap = { .fd = -1 };
-	struct machine_state ms;
-	struct qmp_server *qmp = NULL;
-	struct vm *vm = NULL;
-	int lfd = -1, sock = -1, fds[CPR_MAX_FDS], nfds = 0, dummy[CPR_MAX_FDS], ndummy;
-	uint8_t *buf = NULL;
-	size_t len;
-	bool have_idx = false;
-	uint64_t t_adopt, t_built;
+	int lfd = -1, sock = -1;
 	char why[480] = "";
 	int ret;
 
@@ -774,137 +906,32 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		free(cs);
 		return ret;
 	}
-	chardev_keep_socket_files = true;
-
-	/* Phase 1, the guest still runs: fds and configuration; build the VM. */
-	ret = xfer_recv_msg(sock, &buf, &len, fds, &nfds);
-	if (ret < 0) {
-		set_err(why, sizeof(why), ret, "bad message from the old process");
-		goto out_refuse;
-	}
-	ret = cpr_load_registry(buf, len, cs, fds, nfds, why, sizeof(why));
+	ret = xfer_in(cfg, loop, sock, cs, vm_out, qmp_out, why, sizeof(why));
 	if (ret < 0)
-		goto out_refuse;
-	ret = stream_parse(buf, len, &idx, why, sizeof(why));
-	if (ret == 0) {
-		memset(&ms, 0, sizeof(ms));
-		ret = stream_get_state(&idx, "machine", &machine_state_desc, &ms, why, sizeof(why));
-		stream_index_free(&idx);
-	}
-	if (ret < 0)
-		goto out_refuse;
-	if (ms.mem_size != cfg->mem_size || ms.nr_cpus != (uint32_t)cfg->nr_cpus) {
-		ret = set_err(why, sizeof(why), -EINVAL,
-			      "the VM has --memory %lluM --cpus %u, this process was started with "
-			      "--memory %lluM --cpus %d",
-			      (unsigned long long)ms.mem_size >> 20, ms.nr_cpus,
-			      (unsigned long long)cfg->mem_size >> 20, cfg->nr_cpus);
-		goto out_refuse;
-	}
-	free(buf);
-	buf = NULL;
-	/* Fault injection for the rollback tests: die or hang with the fds. */
-	if (getenv("CPRVM_TEST_XFER_FAULT")) {
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "kill"))
-			raise(SIGKILL);
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
-			for (;;)
-				pause();
-	}
-	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
-		ret = set_err(why, sizeof(why), -EPIPE, "the old process is gone");
-		goto out_refuse;
-	}
-
-	/* Phase 2, the guest stopped: the state. */
-	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
-	for (int i = 0; i < ndummy; i++)
-		close(dummy[i]);
-	if (ret < 0) {
-		set_err(why, sizeof(why), ret, "the state did not arrive whole");
-		goto out_refuse;
-	}
-	t_adopt = now_ns();
-	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
-		usleep(500 * 1000); /* a long blackout the guest must see */
-	{
-		/* The stop/paused stamps travel in phase 2's registry. */
-		struct cpr_state *cs2 = calloc(1, sizeof(*cs2));
-		if (!cs2 || cpr_load_registry(buf, len, cs2, NULL, 0, why, sizeof(why)) < 0) {
-			free(cs2);
-			ret = -EINVAL;
-			goto out_refuse;
-		}
-		cs->stop_ns = cs2->stop_ns;
-		cs->paused_ns = cs2->paused_ns;
-		cs->captured_ns = cs2->captured_ns;
-		free(cs2);
-	}
-	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	have_idx = true;
-	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
-	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, &qmp, why, sizeof(why));
-	if (ret < 0)
-		goto out_refuse;
-	cpr_done(vm, cs, t_adopt, t_built, now_ns(), NULL);
-	*vm_out = vm;
-	*qmp_out = qmp;
-	goto out;
-out_refuse:
-	/* Tell the old process, which resumes the guest (or never stopped it). */
-	snprintf(err, errlen, "live update: %s", why);
-	xfer_refuse(sock, why);
-	for (int i = 0; i < nfds; i++)
-		close(fds[i]);
-out:
-	if (have_idx)
-		stream_index_free(&idx);
-	free(snap.vcpus);
+		snprintf(err, errlen, "live update: %s", why);
 	close(sock);
-	free(buf);
 	free(cs);
 	return ret;
 }
 
-int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
+/* Old side. with_argv: the registry carries this image's argv (the way back
+ * for a live cpr-exec). 0: the guest runs on the new side now, never again
+ * here; <0: it runs here (again), and why says what went wrong. */
+static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t whylen)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
 	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
-	char why[480] = "", c;
-	int sock = -1, ret, nfds = 0;
+	int ret, nfds = 0;
 	int fds[CPR_MAX_FDS];
 	bool stopped = false;
+	char c;
 
 	if (!cs || !ho) {
-		ret = set_err(err, errlen, -ENOMEM, "out of memory");
-		goto out_free;
+		ret = set_err(why, whylen, -ENOMEM, "out of memory");
+		goto out;
 	}
-	if (vm->mem.private_map) {
-		ret = set_err(err, errlen, -EINVAL,
-			      "cpr-transfer: guest RAM is a private copy of a snapshot");
-		goto out_free;
-	}
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		ret = set_err(err, errlen, -ENAMETOOLONG, "cpr-transfer: path too long");
-		goto out_free;
-	}
-	strcpy(sa.sun_path, path);
-	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (sock < 0 || connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		ret = -errno;
-		set_err(err, errlen, ret, "cpr-transfer: cannot reach '%s': %s", path,
-			strerror(-ret));
-		goto out_free;
-	}
-
 	/* Phase 1, the guest still running: fds (the registry's "fd" is the
 	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
 	chardev_export(vm->serial_chr, ho);
@@ -923,31 +950,41 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 			nfds++;
 		}
 	}
+	if (with_argv) {
+		size_t off = 0;
+		for (int i = 0; i < cpr.argc && off + strlen(cpr.argv[i]) + 1 <= sizeof(cs->prev_argv);
+		     i++) {
+			memcpy(cs->prev_argv + off, cpr.argv[i], strlen(cpr.argv[i]) + 1);
+			off += strlen(cpr.argv[i]) + 1;
+		}
+		cs->prev_argv_len = off;
+	}
 	snapshot_machine(vm, &ms, RAM_IN_FD);
 	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_writer_end(&b)) < 0 || (ret = xfer_send_msg(sock, &b, fds, nfds)) < 0) {
-		set_err(why, sizeof(why), ret, "cannot send the configuration: %s", strerror(-ret));
+		set_err(why, whylen, ret, "cannot send the configuration: %s", strerror(-ret));
 		goto out_fail;
 	}
 	sbuf_free(&b);
 	b = (struct sbuf)SBUF_INIT;
-	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why));
+	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen);
 	if (ret < 0)
 		goto out_fail;
 	if (c != 'P') {
-		xfer_recv_reason(sock, why, sizeof(why));
+		xfer_recv_reason(sock, why, whylen);
 		ret = -ECANCELED;
 		goto out_fail;
 	}
 
 	/* Phase 2: stop, capture, send. */
 	cs->stop_ns = now_ns();
+	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	ret = vm_pause(vm);
 	if (ret < 0) {
-		set_err(why, sizeof(why), ret, "cannot stop the vCPUs: %s", strerror(-ret));
+		set_err(why, whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_fail;
 	}
 	stopped = true;
@@ -958,48 +995,240 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 	if (ret == 0)
 		ret = xfer_send_msg(sock, &b, NULL, 0);
 	if (ret < 0) {
-		set_err(why, sizeof(why), ret, "cannot send the state: %s", strerror(-ret));
+		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
 	}
-	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why));
+	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen);
 	if (ret < 0)
 		goto out_fail;
 	if (c != 'R') {
-		xfer_recv_reason(sock, why, sizeof(why));
+		xfer_recv_reason(sock, why, whylen);
 		ret = -ECANCELED;
 		goto out_fail;
 	}
-	/* Point of no return: from here on only the new process runs the guest. */
+	/* Point of no return: from here on only the new side runs the guest. */
 	if (send(sock, "G", 1, MSG_NOSIGNAL) != 1) {
-		ret = set_err(why, sizeof(why), -EPIPE, "the new process is gone");
+		ret = set_err(why, whylen, -EPIPE, "the new process is gone");
 		goto out_fail;
 	}
-	if (xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, sizeof(why)) < 0 || c != 'K')
-		pr_warn("cpr-transfer: no confirmation from the new process (%s)", why);
-	close(sock);
-	/* Its sockets are the new process's now: leave their files alone. */
-	chardev_keep_socket_files = true;
+	if (xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen) < 0 || c != 'K')
+		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
-	sbuf_free(&b);
-	free(ho);
-	free(cs);
-	return 0;
+	ret = 0;
+	goto out;
 
 out_fail:
 	/* A failed outgoing update leaves the guest running here, as it was. */
-	close(sock);
-	sock = -1;
 	if (stopped) {
 		chardev_set_frozen(vm->serial_chr, false);
 		vm_resume(vm);
 	}
-	set_err(err, errlen, ret, "cpr-transfer: %s", why);
-out_free:
-	if (sock >= 0)
-		close(sock);
+out:
 	sbuf_free(&b);
 	free(ho);
+	free(cs);
+	return ret;
+}
+
+int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char why[480] = "";
+	int sock, ret;
+
+	if (vm->mem.private_map)
+		return set_err(err, errlen, -EINVAL,
+			       "cpr-transfer: guest RAM is a private copy of a snapshot");
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return set_err(err, errlen, -ENAMETOOLONG, "cpr-transfer: path too long");
+	strcpy(sa.sun_path, path);
+	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sock < 0 || connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		if (sock >= 0)
+			close(sock);
+		return set_err(err, errlen, ret, "cpr-transfer: cannot reach '%s': %s", path,
+			       strerror(-ret));
+	}
+	ret = xfer_out(vm, sock, false, why, sizeof(why));
+	close(sock);
+	if (ret < 0)
+		return set_err(err, errlen, ret, "cpr-transfer: %s", why);
+	/* Its sockets are the new process's now: leave their files alone. */
+	chardev_keep_socket_files = true;
+	return 0;
+}
+
+/* --- live cpr-exec ----------------------------------------------------------------
+ * The guest keeps running through the exec: vCPU runners (vcpu.c) run it in
+ * the old address space, which a keeper task holds, while the new image
+ * starts and builds its VM. Then the new image and the keeper run the
+ * cpr-transfer protocol over a socketpair that crosses the exec: the blackout
+ * is phase 2 only, whatever the exec and the VM build cost.
+ *   keeper:    waits for one byte on its end: 'A' = the exec failed (the old
+ *              image still runs: exit at once), 'H' = the new image is
+ *              there, EOF = the process is gone (stop the runners).
+ *   new image: 'H', then xfer_in(). If it refuses, it exec()s the previous
+ *              binary (same socket), which says 'H' again: the keeper serves
+ *              every hello until one takes the guest.
+ * The keeper is clone(CLONE_VM) from the main thread and so shares its TLS:
+ * until the main thread has left this address space (the byte 'H' proves
+ * it) the keeper makes raw system calls only. It has its own copy of the fd
+ * table, without the new image's end: EOF is reliable. */
+#define KEEPER_LIVE_STACK (1024 * 1024)
+
+struct keeper_live_arg {
+	struct vm *vm;
+	int sock, other;
+};
+
+static void keeper_serve(struct vm *vm, int sock)
+{
+	char why[480], c;
+
+	vm_set_event_sink(vm, NULL, NULL); /* its QMP is the new image's now */
+	for (;;) {
+		why[0] = 0;
+		if (xfer_out(vm, sock, true, why, sizeof(why)) == 0)
+			break;
+		pr_warn("cpr-exec: the new image did not take the guest over: %s", why);
+		if (read(sock, &c, 1) != 1 || c != 'H') {
+			pr_err("cpr-exec: the process is gone; the guest stops");
+			break;
+		}
+	}
+	vcpu_runners_end(vm);
+}
+
+static int keeper_live_main(void *p)
+{
+	struct keeper_live_arg a = *(struct keeper_live_arg *)p;
+	char c = 0;
+	long n;
+
+	syscall(SYS_close, a.other);
+	do
+		n = syscall(SYS_read, a.sock, &c, 1);
+	while (n < 0);
+	if (n == 1 && c == 'A')
+		syscall(SYS_exit, 0);
+	/* The main thread is gone from this address space: all ours now. */
+	if (n == 1 && c == 'H')
+		keeper_serve(a.vm, a.sock);
+	else
+		vcpu_runners_end(a.vm);
+	syscall(SYS_exit, 0);
+	return 0;
+}
+
+static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char *err,
+			 size_t errlen)
+{
+	struct keeper_live_arg ka;
+	void *kstack;
+	char envval[48];
+	int sv[2], ret;
+	pid_t keeper;
+
+	ret = vcpu_runners_start(vm);
+	if (ret < 0)
+		return set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		ret = -errno;
+		vcpu_runners_stop(vm);
+		return set_err(err, errlen, ret, "cpr-exec: socketpair: %s", strerror(-ret));
+	}
+	kstack = mmap(NULL, KEEPER_LIVE_STACK, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	ka = (struct keeper_live_arg){ .vm = vm, .sock = sv[0], .other = sv[1] };
+	keeper = kstack == MAP_FAILED ? -1 :
+		clone(keeper_live_main, (char *)kstack + KEEPER_LIVE_STACK, CLONE_VM | SIGCHLD, &ka);
+	if (keeper < 0) {
+		ret = -errno;
+		set_err(err, errlen, ret, "cpr-exec: keeper: %s", strerror(-ret));
+		goto out;
+	}
+	snprintf(envval, sizeof(envval), "%d,%d", sv[1], exefd);
+	setenv(CPR_ENV_LIVE, envval, 1);
+	unsetenv(CPR_ENV_STATE);
+	unsetenv(CPR_ENV_ROLLBACK);
+	fcntl(sv[1], F_SETFD, 0);
+	fcntl(exefd, F_SETFD, 0);
+	pr_info("cpr-exec: %s", path);
+	execv(path, argv);
+
+	/* Still here: the exec failed, and this image carries on. */
+	ret = -errno;
+	set_err(err, errlen, ret, "cpr-exec: cannot execute '%s': %s", path, strerror(-ret));
+	fcntl(exefd, F_SETFD, FD_CLOEXEC);
+	unsetenv(CPR_ENV_LIVE);
+	if (write(sv[1], "A", 1) != 1)
+		pr_warn("cpr-exec: cannot release the keeper");
+	waitpid(keeper, NULL, 0);
+out:
+	close(sv[0]);
+	close(sv[1]);
+	if (kstack != MAP_FAILED)
+		munmap(kstack, KEEPER_LIVE_STACK);
+	vcpu_runners_stop(vm);
+	return ret;
+}
+
+/* New image, live cpr-exec: say hello to the keeper, then take over as in
+ * cpr-transfer; if that fails, go back to the previous binary. */
+static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+			     struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	const char *env = getenv(CPR_ENV_LIVE);
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	int sock = -1, exefd = -1, ret;
+	char why[480] = "", envval[48];
+
+	if (!cs || sscanf(env, "%d,%d", &sock, &exefd) != 2 || sock < 0 ||
+	    fcntl(sock, F_SETFD, FD_CLOEXEC) < 0) {
+		free(cs);
+		return set_err(err, errlen, -EINVAL, "live update: bad %s '%s'", CPR_ENV_LIVE,
+			       env);
+	}
+	if (exefd >= 0)
+		fcntl(exefd, F_SETFD, FD_CLOEXEC);
+	unsetenv(CPR_ENV_LIVE);
+	signal(SIGCHLD, SIG_IGN); /* the keeper and the runners reap themselves */
+	if (send(sock, "H", 1, MSG_NOSIGNAL) != 1) {
+		ret = set_err(err, errlen, -EPIPE, "live update: the old image is gone");
+		goto out;
+	}
+	ret = xfer_in(cfg, loop, sock, cs, vm_out, qmp_out, why, sizeof(why));
+	if (ret == 0) {
+		unsetenv(CPR_ENV_ROLLBACK);
+		if (exefd >= 0)
+			close(exefd);
+		goto out;
+	}
+	snprintf(err, errlen, "live update: %s", why);
+	/* Back to the previous binary, which says hello on the same socket. */
+	if (exefd >= 0 && cs->prev_argv_len && !getenv(CPR_ENV_ROLLBACK)) {
+		char *argv[256];
+		size_t off = 0;
+		int argc = 0;
+
+		while (off < cs->prev_argv_len && argc < 255) {
+			argv[argc++] = cs->prev_argv + off;
+			off += strnlen(cs->prev_argv + off, cs->prev_argv_len - off) + 1;
+		}
+		argv[argc] = NULL;
+		pr_err("live update failed: %s; going back to the previous binary", why);
+		snprintf(envval, sizeof(envval), "%d,%d", sock, exefd);
+		setenv(CPR_ENV_LIVE, envval, 1);
+		setenv(CPR_ENV_ROLLBACK, why, 1);
+		fcntl(sock, F_SETFD, 0);
+		fcntl(exefd, F_SETFD, 0);
+		syscall(SYS_execveat, exefd, "", argv, environ, AT_EMPTY_PATH);
+		pr_err("cannot go back to the previous binary: %s", strerror(errno));
+	}
+out:
+	close(sock);
 	free(cs);
 	return ret;
 }

@@ -20,6 +20,7 @@
 
 #define CPR_ENV_STATE "CPRVM_CPR_STATE"
 #define CPR_ENV_ROLLBACK "CPRVM_CPR_ROLLBACK"
+#define CPR_ENV_LIVE "CPRVM_CPR_LIVE" /* "SOCK,EXEFD": live cpr-exec (cpr.c) */
 
 struct vm;
 struct loop;

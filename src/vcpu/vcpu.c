@@ -8,11 +8,15 @@
  * then parks on vm->cond until the request is withdrawn. */
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lib/log.h"
@@ -113,8 +117,8 @@ static bool vcpu_handle_exit(struct vcpu *v)
 	}
 }
 
-/* Parks while a pause is requested. Returns false if the thread must end. */
-static bool vcpu_park(struct vcpu *v, bool for_good)
+/* Parks while a pause is requested. Returns false if the loop must end. */
+static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
 	struct vm *vm = v->vm;
 	bool stop;
@@ -124,31 +128,33 @@ static bool vcpu_park(struct vcpu *v, bool for_good)
 	v->parked = true;
 	vm->nr_parked++;
 	pthread_cond_broadcast(&vm->cond);
-	while ((vm->pause_req || for_good) && !vm->stop_req)
+	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit))
 		pthread_cond_wait(&vm->cond, &vm->lock);
-	stop = vm->stop_req;
+	stop = vm->stop_req || (runner && v->runner_exit);
 	vm->nr_parked--;
 	v->parked = false;
 	pthread_mutex_unlock(&vm->lock);
 	return !stop;
 }
 
-static void *vcpu_thread(void *arg)
-{
-	struct vcpu *v = arg;
-	struct vm *vm = v->vm;
-	sigset_t set;
-	char name[16];
+static void vcpu_hand_to_runner(struct vcpu *v);
 
-	snprintf(name, sizeof(name), "vcpu%d", v->id);
-	pthread_setname_np(pthread_self(), name);
-	sigemptyset(&set);
-	sigaddset(&set, VCPU_KICK_SIGNAL);
-	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+/* The run loop, on the vCPU's thread or (runner) on its runner. A runner
+ * leaves it when asked to give the vCPU back, without marking it exited. */
+static void vcpu_loop(struct vcpu *v, bool runner)
+{
+	struct vm *vm = v->vm;
 
 	for (;;) {
 		if (__atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST))
 			break;
+		if (runner && __atomic_load_n(&v->runner_exit, __ATOMIC_SEQ_CST))
+			return;
+		if (!runner && __atomic_load_n(&v->runner_req, __ATOMIC_SEQ_CST)) {
+			__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+			vcpu_hand_to_runner(v);
+			continue;
+		}
 		if (__atomic_load_n(&vm->pause_req, __ATOMIC_SEQ_CST)) {
 			/* Complete the exit we just handled before parking:
 			 * KVM finishes a pending I/O (writes the IN data,
@@ -171,11 +177,14 @@ static void *vcpu_thread(void *arg)
 				}
 			}
 			if (!alive) {
-				vcpu_park(v, true);
+				vcpu_park(v, true, runner);
 				break;
 			}
-			if (!vcpu_park(v, false))
+			if (!vcpu_park(v, false, runner)) {
+				if (runner && !vm->stop_req)
+					return;
 				break;
+			}
 			continue;
 		}
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
@@ -190,13 +199,13 @@ static void *vcpu_thread(void *arg)
 			char why[96];
 			snprintf(why, sizeof(why), "KVM_RUN failed: %s", strerror(errno));
 			vm_guest_crashed(vm, v->id, why);
-			vcpu_park(v, true);
+			vcpu_park(v, true, runner);
 			break;
 		}
 		if (!vcpu_handle_exit(v)) {
 			/* The guest is over (shutdown or crash): stay out of it
 			 * until the VM is torn down. */
-			vcpu_park(v, true);
+			vcpu_park(v, true, runner);
 			break;
 		}
 	}
@@ -204,7 +213,155 @@ static void *vcpu_thread(void *arg)
 	v->exited = true;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *v = arg;
+	sigset_t set;
+	char name[16];
+
+	snprintf(name, sizeof(name), "vcpu%d", v->id);
+	pthread_setname_np(pthread_self(), name);
+	sigemptyset(&set);
+	sigaddset(&set, VCPU_KICK_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	vcpu_loop(v, false);
 	return NULL;
+}
+
+/* --- Runners (live cpr-exec) -----------------------------------------------------
+ * execve() kills every thread of the process but the caller; tasks of other
+ * processes that share the address space survive it, and KVM lets any task
+ * in the VM's mm run its vCPUs. So before the exec each vCPU thread starts a
+ * runner, clone(CLONE_VM) without CLONE_THREAD, that continues the run loop
+ * (device emulation included) from the old image's code and memory, and
+ * blocks until the runner is gone. The runner inherits the thread's TLS
+ * (glibc's thread pointer, errno, malloc's cache): it is the thread as far
+ * as any library can tell, so the thread itself touches nothing but raw
+ * system calls until the runner has exited. The exec then kills only the
+ * blocked threads and the guest keeps running, while the new image starts
+ * and builds its VM; the cpr keeper (cpr.c) stops the runners and hands the
+ * state over at the end. If the exec fails, the runners give the vCPUs back. */
+#define RUNNER_STACK (1024 * 1024)
+
+static int vcpu_runner_main(void *arg)
+{
+	struct vcpu *v = arg;
+	struct vm *vm = v->vm;
+	sigset_t set;
+	char name[16];
+
+	snprintf(name, sizeof(name), "vcpu%d-live", v->id);
+	prctl(PR_SET_NAME, name);
+	sigemptyset(&set);
+	sigaddset(&set, VCPU_KICK_SIGNAL);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	pthread_mutex_lock(&vm->lock);
+	v->runner_live = true;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	vcpu_loop(v, true);
+	pthread_mutex_lock(&vm->lock);
+	v->runner_live = false;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	return 0;
+}
+
+static void vcpu_hand_to_runner(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	sigset_t set, old;
+	void *stack;
+	int tid = -1;
+
+	/* Kicks that reach this thread meanwhile wait until it has its vCPU
+	 * back; the runner unblocks them for itself. */
+	sigemptyset(&set);
+	sigaddset(&set, VCPU_KICK_SIGNAL);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	stack = mmap(NULL, RUNNER_STACK, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (stack != MAP_FAILED) {
+		mprotect(stack, 4096, PROT_NONE); /* guard page */
+		__atomic_store_n(&v->runner_req, false, __ATOMIC_SEQ_CST);
+		tid = clone(vcpu_runner_main, (char *)stack + RUNNER_STACK,
+			    CLONE_VM | CLONE_FS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID |
+				    SIGCHLD,
+			    v, &v->runner_tid, NULL, &v->runner_tid);
+	}
+	if (tid <= 0) {
+		pthread_mutex_lock(&vm->lock);
+		v->runner_req = false;
+		v->runner_failed = true;
+		pthread_cond_broadcast(&vm->cond);
+		pthread_mutex_unlock(&vm->lock);
+		if (stack != MAP_FAILED)
+			munmap(stack, RUNNER_STACK);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		return;
+	}
+	/* The runner owns this thread's identity now: raw system calls only.
+	 * wait4 returns when it has exited (or, with SIGCHLD ignored, fails
+	 * with ECHILD then); if the image exec()s first, this thread dies
+	 * here. */
+	while (syscall(SYS_wait4, tid, NULL, __WALL, NULL) < 0 &&
+	       __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST) == tid)
+		;
+	munmap(stack, RUNNER_STACK);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+int vcpu_runners_start(struct vm *vm)
+{
+	bool failed = false;
+
+	pthread_mutex_lock(&vm->lock);
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		v->runner_failed = v->runner_exit = false;
+		__atomic_store_n(&v->runner_req, true, __ATOMIC_SEQ_CST);
+		vcpu_kick(v);
+	}
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		while (!v->runner_live && !v->runner_failed && !v->exited && v->thread_started)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+		failed |= !v->runner_live;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	if (failed) {
+		vcpu_runners_stop(vm);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+void vcpu_runners_stop(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		__atomic_store_n(&vm->vcpus[i].runner_req, false, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vm->vcpus[i].runner_exit, true, __ATOMIC_SEQ_CST);
+		vcpu_kick(&vm->vcpus[i]);
+	}
+	pthread_cond_broadcast(&vm->cond);
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		while (vm->vcpus[i].runner_live)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+	pthread_mutex_unlock(&vm->lock);
+	/* Each thread takes its vCPU back once its runner has exited. */
+}
+
+void vcpu_runners_end(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	__atomic_store_n(&vm->stop_req, true, __ATOMIC_SEQ_CST);
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		vcpu_kick(&vm->vcpus[i]);
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
 }
 
 int vcpu_start(struct vcpu *v)
@@ -234,9 +391,16 @@ int vcpu_start(struct vcpu *v)
 
 void vcpu_kick(struct vcpu *v)
 {
+	int tid;
+
 	if (!v->thread_started)
 		return;
 	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	/* A runner, if one has the vCPU. If it exits meanwhile, its thread
+	 * sees the flag and immediate_exit before its next KVM_RUN anyway. */
+	tid = __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST);
+	if (tid > 0 && syscall(SYS_tgkill, tid, tid, VCPU_KICK_SIGNAL) == 0)
+		return;
 	pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 

@@ -325,6 +325,17 @@ int vm_start(struct vm *vm)
 	return 0;
 }
 
+int vm_start_paused(struct vm *vm)
+{
+	int ret;
+
+	/* The threads park before their first guest instruction. */
+	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
+	ret = vm_start(vm);
+	vm->state = RUN_STATE_PAUSED;
+	return ret;
+}
+
 /* --- build and teardown -------------------------------------------------- */
 
 static int vm_fail(char *err, size_t errlen, int ret, const char *what)

@@ -45,6 +45,8 @@ struct chardev_handover;
 int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen);
 /* Starts the vCPU threads; the guest runs. */
 int vm_start(struct vm *vm);
+/* As vm_start, but the vCPUs park at once: state paused until vm_resume. */
+int vm_start_paused(struct vm *vm);
 /* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */
 int vm_pause(struct vm *vm);
 /* Lets them run again. Emits RESUME. */

@@ -437,3 +437,47 @@ def test_guest_clock_tracks_real_time_across_update(vms, tmp_path):
         if new.poll() is None:
             new.kill()
             new.wait()
+
+
+def test_cpr_exec_of_a_paused_vm_stays_paused(vms):
+    # A stopped guest has no vCPUs to keep running through the exec: the
+    # stop-first path hands it over, and it stays stopped until `cont`.
+    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M")
+    vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
+    q = qmp_when_ready(vm)
+    q.ok("stop")
+    q.close()
+    pid = vm.proc.pid
+    m, st = cpr_exec(vm)
+    assert m["status"] == "completed", m
+    assert st["status"] == "paused"
+    assert vm.proc.pid == pid
+    n = vm.serial.count()
+    time.sleep(0.3)
+    assert vm.serial.count() == n, vm.serial.lines[n:]
+    q = qmp_when_ready(vm)
+    q.ok("cont")
+    q.close()
+    vm.serial.wait(r"^OK \d+ cpu=0$", start=n, timeout=30)
+    assert_hb_continuous(heartbeats(vm.serial))
+    assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
+
+
+def test_cpr_transfer_of_a_paused_vm_stays_paused(vms, tmp_path):
+    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M")
+    vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
+    q = qmp_when_ready(vm)
+    q.ok("stop")
+    q.close()
+    new, inc = start_incoming(vm, tmp_path, 0)
+    cpr_transfer(vm, inc)
+    assert vm.proc.wait(20) == 0
+    n = vm.serial.count()
+    q = qmp_when_ready(vm)
+    assert q.ok("query-status")["status"] == "paused"
+    time.sleep(0.3)
+    assert vm.serial.count() == n, vm.serial.lines[n:]
+    q.ok("cont")
+    q.close()
+    vm.serial.wait(r"^OK \d+ cpu=0$", start=n, timeout=30)
+    assert_hb_continuous(heartbeats(vm.serial))
