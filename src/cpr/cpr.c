@@ -416,12 +416,21 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  *   new -> old  'P'               VM built over those fds, ready for state
  *               'F' reason\0      refused (the guest never stopped)
  *   old -> new  phase 2 (guest stopped): header + the whole state stream
- *   new -> old  'R'               state applied, ready to run
+ *   new -> old  'R'               state applied: the guest is the new one's
+ *                                 from here on (it starts at once)
  *               'F' reason\0      refused (the old one resumes)
- *   old -> new  'G'               the old one will never run the guest again
+ *   old -> new  'G'               (for builds that wait for it before 'K')
  *   new -> old  'K'               the guest runs here; the old one may exit
- * Building the VM (KVM VM, memslots, vCPUs: milliseconds, growing with RAM)
- * happens in phase 1, while the guest runs: the blackout is only phase 2. */
+ * Building the VM (KVM VM, memslots, vCPU threads, parked: milliseconds,
+ * growing with RAM) happens in phase 1, while the guest runs: the blackout
+ * is only phase 2, with one message each way.
+ * Who may run the guest: the new side only after sending 'R'; the old side
+ * resumes on 'F', or on EOF before 'R' (the new one died before it could
+ * run the guest: a message sent before death is still read first), never
+ * after 'R'. If 'R' does not come in time, a cpr-transfer old side first
+ * kills the new process and waits until it is gone (xfer_fence); a live
+ * cpr-exec keeper waits as long as it takes (there is no one to fence: the
+ * new side is the VMM's own process). */
 #define XFER_MAGIC 0x54525043u /* "CPRT" */
 #define XFER_TIMEOUT_MS 10000
 
@@ -430,6 +439,36 @@ struct xfer_hdr {
 	uint32_t nr_fds;
 	uint64_t len;
 };
+
+static int xfer_timeout_ms(void)
+{
+	const char *t = getenv("CPRVM_TEST_XFER_TIMEOUT_MS"); /* tests: shorter */
+
+	return t && atoi(t) > 0 ? atoi(t) : XFER_TIMEOUT_MS;
+}
+
+/* The new process did not answer in phase 2: kill it and wait until it is
+ * gone. 1 (*c: what it had sent, 'R' = it had taken the guest), 0 (gone
+ * without a word), <0 (it could not be killed: it may still run). */
+static int xfer_fence(int sock, char *c)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	struct pollfd p = { .events = POLLIN };
+	int r;
+
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.pid <= 0)
+		return -ESRCH;
+	p.fd = syscall(SYS_pidfd_open, cr.pid, 0);
+	if (p.fd < 0)
+		return errno == ESRCH ? (recv(sock, c, 1, MSG_DONTWAIT) == 1) : -errno;
+	syscall(SYS_pidfd_send_signal, p.fd, SIGKILL, NULL, 0);
+	r = poll(&p, 1, XFER_TIMEOUT_MS); /* readable once it has exited */
+	close(p.fd);
+	if (r <= 0)
+		return -ETIMEDOUT;
+	return recv(sock, c, 1, MSG_DONTWAIT) == 1;
+}
 
 static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
 {
@@ -587,11 +626,10 @@ static int cpr_build_vm(struct vm_config *cfg, struct loop *loop, const struct c
  * start. snap must come from a validated stream (snapshot_load_stream). */
 static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		      const struct cpr_state *cs, struct snapshot *snap,
-		      const struct stream_index *idx, int sock, struct qmp_server **qmp,
-		      char *why, size_t whylen)
+		      const struct stream_index *idx, int sock, bool threads_parked,
+		      struct qmp_server **qmp, char *why, size_t whylen)
 {
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
-	char c;
 	int ret;
 
 	if (!ho)
@@ -625,17 +663,15 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		}
 		cpr_set_qmp_fd(qmp_server_listen_fd(*qmp));
 	}
-	if (sock >= 0) {
-		/* Never run the guest unless the old process has let go of it. */
-		if (send(sock, "R", 1, MSG_NOSIGNAL) != 1 ||
-		    xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen) < 0 || c != 'G') {
-			if (c != 'G' && !why[0])
-				snprintf(why, whylen, "the old process did not let go");
-			ret = -ECANCELED;
-			goto out;
-		}
+	if (sock >= 0 && send(sock, "R", 1, MSG_NOSIGNAL) != 1) {
+		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
+		goto out;
 	}
-	ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
+	/* Committed: the old side never runs the guest after 'R'. */
+	if (threads_parked)
+		ret = cs->guest_paused ? 0 : vm_resume(vm);
+	else
+		ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
 		goto out;
@@ -720,7 +756,7 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	if (ret < 0)
 		goto out_rollback;
 	t_built = now_ns();
-	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, &qmp, why, sizeof(why));
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, false, &qmp, why, sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
 	cpr_done(vm, cs, t_adopt, t_built, now_ns(), rollback);
@@ -801,6 +837,13 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
+	/* The vCPU threads too: they park before their first instruction, and
+	 * cpr_finish only lets them go. */
+	ret = vm_start_paused(vm);
+	if (ret < 0) {
+		set_err(why, whylen, ret, "cannot start vCPU threads: %s", strerror(-ret));
+		goto out_refuse;
+	}
 	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out_refuse;
@@ -817,6 +860,10 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	t_adopt = now_ns();
 	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
 		usleep(500 * 1000); /* a long blackout the guest must see */
+	if (getenv("CPRVM_TEST_XFER_FAULT") &&
+	    !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang-with-state"))
+		for (;;)
+			pause();
 	{
 		/* The stop/paused stamps travel in phase 2's registry. */
 		struct cpr_state *cs2 = calloc(1, sizeof(*cs2));
@@ -836,7 +883,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		goto out_refuse;
 	have_idx = true;
 	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
-	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, &qmp, why, whylen);
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, true, &qmp, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
 	*vm_out = vm;
@@ -914,10 +961,10 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 	return ret;
 }
 
-/* Old side. with_argv: the registry carries this image's argv (the way back
- * for a live cpr-exec). 0: the guest runs on the new side now, never again
+/* Old side. live: a live cpr-exec keeper (the registry carries this image's
+ * argv, the way back; no time-outs). 0: the guest runs on the new side now, never again
  * here; <0: it runs here (again), and why says what went wrong. */
-static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t whylen)
+static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen)
 {
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
@@ -950,7 +997,7 @@ static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t w
 			nfds++;
 		}
 	}
-	if (with_argv) {
+	if (live) {
 		size_t off = 0;
 		for (int i = 0; i < cpr.argc && off + strlen(cpr.argv[i]) + 1 <= sizeof(cs->prev_argv);
 		     i++) {
@@ -970,7 +1017,7 @@ static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t w
 	}
 	sbuf_free(&b);
 	b = (struct sbuf)SBUF_INIT;
-	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen);
+	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
 	if (ret < 0)
 		goto out_fail;
 	if (c != 'P') {
@@ -998,7 +1045,29 @@ static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t w
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
 	}
-	ret = xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen);
+	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
+	if (ret == -ETIMEDOUT) {
+		/* The new process may still take the guest: it must be gone
+		 * before the guest can run here. */
+		char late = 0;
+		int f = xfer_fence(sock, &late);
+		if (f < 0 || (f == 1 && late == 'R')) {
+			set_err(why, whylen, ret, "the new process did not answer within %d ms and %s; "
+				"the guest stays stopped here (it may have run there)",
+				xfer_timeout_ms(), f < 0 ? "could not be killed" :
+				"was killed after taking the guest");
+			vm->state = RUN_STATE_PAUSED;
+			stopped = false; /* never resume it */
+			goto out_fail;
+		}
+		if (f == 1 && late == 'F')
+			xfer_recv_reason(sock, why, whylen);
+		else
+			snprintf(why, whylen, "the new process did not answer within %d ms; "
+				 "it was killed", xfer_timeout_ms());
+		ret = -ETIMEDOUT;
+		goto out_fail;
+	}
 	if (ret < 0)
 		goto out_fail;
 	if (c != 'R') {
@@ -1006,12 +1075,9 @@ static int xfer_out(struct vm *vm, int sock, bool with_argv, char *why, size_t w
 		ret = -ECANCELED;
 		goto out_fail;
 	}
-	/* Point of no return: from here on only the new side runs the guest. */
-	if (send(sock, "G", 1, MSG_NOSIGNAL) != 1) {
-		ret = set_err(why, whylen, -EPIPE, "the new process is gone");
-		goto out_fail;
-	}
-	if (xfer_wait_byte(sock, XFER_TIMEOUT_MS, &c, why, whylen) < 0 || c != 'K')
+	/* 'R': from here on only the new side runs the guest. */
+	send(sock, "G", 1, MSG_NOSIGNAL);
+	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
@@ -1072,15 +1138,16 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
  *   new image: 'H', then xfer_in(). If it refuses, it exec()s the previous
  *              binary (same socket), which says 'H' again: the keeper serves
  *              every hello until one takes the guest.
- * The keeper is clone(CLONE_VM) from the main thread and so shares its TLS:
- * until the main thread has left this address space (the byte 'H' proves
- * it) the keeper makes raw system calls only. It has its own copy of the fd
- * table, without the new image's end: EOF is reliable. */
+ * The keeper is clone(CLONE_VM | CLONE_FILES) from the main thread and so
+ * shares its TLS: until the main thread has left this address space (the
+ * byte 'H' proves it) the keeper makes raw system calls only. Until then it
+ * also watches the process through a pidfd: if it dies after the exec, the
+ * runners must not go on running the guest for no one. */
 #define KEEPER_LIVE_STACK (1024 * 1024)
 
 struct keeper_live_arg {
 	struct vm *vm;
-	int sock, other;
+	int sock, other, pidfd;
 };
 
 static void keeper_serve(struct vm *vm, int sock)
@@ -1104,16 +1171,30 @@ static void keeper_serve(struct vm *vm, int sock)
 static int keeper_live_main(void *p)
 {
 	struct keeper_live_arg a = *(struct keeper_live_arg *)p;
+	struct pollfd pf[2] = { { .fd = a.sock, .events = POLLIN },
+				{ .fd = a.pidfd, .events = POLLIN } };
 	char c = 0;
-	long n;
+	long n = 0;
 
-	syscall(SYS_close, a.other);
-	do
-		n = syscall(SYS_read, a.sock, &c, 1);
-	while (n < 0);
+	for (;;) {
+		if (syscall(SYS_ppoll, pf, 2, NULL, NULL, 0) <= 0)
+			continue;
+		if (pf[0].revents) {
+			n = syscall(SYS_read, a.sock, &c, 1);
+			if (n >= 0)
+				break;
+		} else if (pf[1].revents) {
+			n = 0; /* the process is gone (it died after the exec) */
+			break;
+		}
+	}
 	if (n == 1 && c == 'A')
 		syscall(SYS_exit, 0);
-	/* The main thread is gone from this address space: all ours now. */
+	/* The main thread is gone from this address space: all ours now. The
+	 * new image has its own copy of its end: this one goes, or its death
+	 * would never show as EOF. */
+	close(a.other);
+	close(a.pidfd);
 	if (n == 1 && c == 'H')
 		keeper_serve(a.vm, a.sock);
 	else
@@ -1128,22 +1209,30 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 	struct keeper_live_arg ka;
 	void *kstack;
 	char envval[48];
-	int sv[2], ret;
+	int sv[2], ret, pidfd;
 	pid_t keeper;
 
 	ret = vcpu_runners_start(vm);
-	if (ret < 0)
+	if (ret < 0) {
+		vcpu_runners_rearm(vm);
 		return set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+	}
+	pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+	if (pidfd < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		ret = -errno;
-		vcpu_runners_stop(vm);
-		return set_err(err, errlen, ret, "cpr-exec: socketpair: %s", strerror(-ret));
+		if (pidfd >= 0)
+			close(pidfd);
+		vcpu_runners_rearm(vm);
+		return set_err(err, errlen, ret, "cpr-exec: keeper set-up: %s", strerror(-ret));
 	}
 	kstack = mmap(NULL, KEEPER_LIVE_STACK, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-	ka = (struct keeper_live_arg){ .vm = vm, .sock = sv[0], .other = sv[1] };
+	ka = (struct keeper_live_arg){ .vm = vm, .sock = sv[0], .other = sv[1], .pidfd = pidfd };
+	/* It shares the fd table with the runners (and this image, until the
+	 * exec gives it a copy): the old world's fds stay open there. */
 	keeper = kstack == MAP_FAILED ? -1 :
-		clone(keeper_live_main, (char *)kstack + KEEPER_LIVE_STACK, CLONE_VM | SIGCHLD, &ka);
+		clone(keeper_live_main, (char *)kstack + KEEPER_LIVE_STACK,
+		      CLONE_VM | CLONE_FILES | SIGCHLD, &ka);
 	if (keeper < 0) {
 		ret = -errno;
 		set_err(err, errlen, ret, "cpr-exec: keeper: %s", strerror(-ret));
@@ -1169,9 +1258,10 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 out:
 	close(sv[0]);
 	close(sv[1]);
+	close(pidfd);
 	if (kstack != MAP_FAILED)
 		munmap(kstack, KEEPER_LIVE_STACK);
-	vcpu_runners_stop(vm);
+	vcpu_runners_rearm(vm);
 	return ret;
 }
 

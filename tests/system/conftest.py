@@ -206,7 +206,8 @@ class Vm:
     'none'."""
 
     def __init__(self, tmp, cmdline="heartbeat", memory="256M", cpus=1, serial="unix",
-                 mem_path=None, qmp=True, extra=(), kernel=None, binary=None, connect=True):
+                 mem_path=None, qmp=True, extra=(), kernel=None, binary=None, connect=True,
+                 env=None):
         self.tmp = str(tmp)
         self.serial_kind = serial
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
@@ -231,7 +232,8 @@ class Vm:
         self.stderr_f = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE if serial == "stdio" else subprocess.DEVNULL,
-                                     stderr=self.stderr_f)
+                                     stderr=self.stderr_f,
+                                     env=dict(os.environ, **(env or {})))
         self.extra_procs = []  # processes that took the guest over (live update)
         self.serial = None
         self.serial_sock = None

@@ -321,15 +321,22 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus):
                 p.wait()
 
 
-@pytest.mark.parametrize("case", ["killed-before", "killed-after-fds", "refuses", "hangs"])
+@pytest.mark.parametrize("case", ["killed-before", "killed-after-fds", "refuses", "hangs",
+                                  "hangs-with-state"])
 def test_cpr_transfer_rollback(vms, tmp_path, case):
-    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M")
+    # The old process gives the new one 2 s to answer instead of 10.
+    vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M",
+             env={"CPRVM_TEST_XFER_TIMEOUT_MS": "2000"})
     vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
     env, args = None, None
     if case == "killed-after-fds":
         env = {"CPRVM_TEST_XFER_FAULT": "kill"}
     elif case == "hangs":
         env = {"CPRVM_TEST_XFER_FAULT": "hang"}
+    elif case == "hangs-with-state":
+        # It has the state and stops answering: the old process must kill
+        # it (it could still start the guest) before resuming.
+        env = {"CPRVM_TEST_XFER_FAULT": "hang-with-state"}
     elif case == "refuses":
         args = list(vm.args)
         args[args.index("--cpus") + 1] = "2"
@@ -351,6 +358,9 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
         assert vm.proc.poll() is None
         if case == "refuses":
             assert "--cpus" in m["error-desc"]
+        if case == "hangs-with-state":
+            assert "killed" in m["error-desc"], m
+            assert new.wait(5) == -9
         vm.serial.wait(r"^OK \d+ cpu=0$", start=vm.serial.count(), timeout=30)
         vm.serial.wait(r"^HB \d+$", start=vm.serial.count() + 3)
         assert_hb_continuous(heartbeats(vm.serial))
