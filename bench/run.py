@@ -41,11 +41,29 @@ QEMU = shutil.which("qemu-system-x86_64")
 RUNS = int(os.environ.get("CPRVM_BENCH_RUNS", "5"))
 
 
-def time_to_first_heartbeat(argv, sock_path, timeout=60.0, connected=None):
+_tsc_per_us = []
+
+
+def tsc_per_us():
+    """The TSC's rate, measured once against CLOCK_MONOTONIC over 200 ms."""
+    if not _tsc_per_us:
+        t0, c0 = time.monotonic(), rdtsc()
+        time.sleep(0.2)
+        t1, c1 = time.monotonic(), rdtsc()
+        _tsc_per_us.append((c1 - c0) / ((t1 - t0) * 1e6))
+    return _tsc_per_us[0]
+
+
+def time_to_first_heartbeat(argv, sock_path, timeout=60.0, connected=None, resumed=None):
     """Milliseconds from spawning argv to the first "HB " on its serial
     socket; connected(t0, process) runs once the serial socket is connected
-    (QEMU -incoming defer uses it to start the incoming migration)."""
+    (QEMU -incoming defer uses it to start the incoming migration).
+    resumed: a dict; for a restored guest running gaps=US, if the GAP line
+    that spans the restore arrives (it began before the spawn: at the save),
+    resumed["ms"] = spawn -> the guest's first instruction again, to the
+    TSC tick."""
     t0 = time.monotonic()
+    tsc0 = rdtsc()
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -67,7 +85,22 @@ def time_to_first_heartbeat(argv, sock_path, timeout=60.0, connected=None):
             if not d:
                 raise RuntimeError("serial closed before a heartbeat")
             buf += d
-        return (time.monotonic() - t0) * 1000.0
+        ms = (time.monotonic() - t0) * 1000.0
+        if resumed is not None:
+            s.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                while b"\nGAP " not in buf or not buf.split(b"\nGAP ", 1)[1].count(b"\n"):
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    buf += d
+            for line in buf.decode("latin-1").splitlines():
+                m = LU_GAP.match(line.strip())
+                if m and int(m.group(2)) < tsc0:
+                    end = int(m.group(2)) + int(m.group(3)) * tsc_per_us()
+                    resumed["ms"] = (end - tsc0) / tsc_per_us() / 1000.0
+                    break
+        return ms
     finally:
         s.close()
         p.kill()
@@ -104,7 +137,7 @@ def bench_boot():
 
 # --- snapshot ---------------------------------------------------------------
 
-SNAP_CMDLINE = "heartbeat=10000 verify=256"
+SNAP_CMDLINE = "heartbeat=10000 verify=256 gaps=1000"
 SHM = "/dev/shm"
 GIB = 1 << 30
 
@@ -286,12 +319,14 @@ def cprvm_once(tmp, size, mode):
             con.close()
             unlink(sock, qsock)
             apparent, alloc = file_sizes(snap)
+            resumed = {}
             restore = time_to_first_heartbeat(
                 [CPRVM, "--kernel", GUEST, "--memory", size, "--cpus", "1",
-                 "--serial", "unix:" + sock, "--incoming", "file:" + snap] + mem, sock, 120)
+                 "--serial", "unix:" + sock, "--incoming", "file:" + snap] + mem, sock, 120,
+                resumed=resumed)
         return {"save_ms": m["x-downtime-us"] / 1000.0, "save_total_ms": m["x-total-time-us"] / 1000.0,
                 "save_wall_ms": wall, "file_bytes": apparent, "file_alloc_bytes": alloc,
-                "restore_ms": restore}
+                "restore_ms": restore, "resumed_ms": resumed.get("ms")}
     finally:
         unlink(sock, qsock, snap, *([ram] if ram else []))
 
@@ -354,11 +389,12 @@ def qemu_once(tmp, size, mode):
 
             argv = qemu_argv(size, mode, sock, ram,
                              ["-qmp", "unix:%s,server=on,wait=off" % qsock, "-incoming", "defer"])
-            restore = time_to_first_heartbeat(argv, sock, 300, incoming)
+            resumed = {}
+            restore = time_to_first_heartbeat(argv, sock, 300, incoming, resumed=resumed)
         # QEMU's "downtime" is left out: with the guest stopped before the
         # migration it covers only the last pass, not the time stopped.
         return {"save_ms": float(m["total-time"]), "save_wall_ms": wall,
-                "file_bytes": apparent, "restore_ms": restore}
+                "file_bytes": apparent, "restore_ms": restore, "resumed_ms": resumed.get("ms")}
     finally:
         unlink(sock, qsock, snap, *([ram] if ram else []))
 
@@ -381,6 +417,9 @@ def bench_snapshot():
                 for k in ("save_ms", "save_total_ms", "save_wall_ms", "restore_ms",
                           "file_bytes", "file_alloc_bytes"):
                     res[k] = median_of(ours, k)
+                exact = [r for r in ours if r["resumed_ms"] is not None]
+                res["resumed_ms"] = median_of(exact, "resumed_ms") if exact else None
+                res["resumed_runs"] = len(exact)
                 for k in ("file_bytes", "file_alloc_bytes"):
                     res[k] = int(res[k])
                 if QEMU:
@@ -389,6 +428,9 @@ def bench_snapshot():
                     res["qemu_runs"] = runs
                     for k in ("save_ms", "save_wall_ms", "restore_ms", "file_bytes"):
                         res["qemu_" + k] = median_of(theirs, k)
+                    exact = [r for r in theirs if r["resumed_ms"] is not None]
+                    res["qemu_resumed_ms"] = median_of(exact, "resumed_ms") if exact else None
+                    res["qemu_resumed_runs"] = len(exact)
                     res["qemu_file_bytes"] = int(res["qemu_file_bytes"])
                     res["save_speedup"] = round(res["qemu_save_ms"] / res["save_ms"], 1)
                     res["restore_speedup"] = round(res["qemu_restore_ms"] / res["restore_ms"], 1)

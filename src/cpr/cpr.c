@@ -184,9 +184,12 @@ static int keeper_main(void *p)
 	struct keeper_arg *a = p;
 	char c;
 
+	struct sched_param sp = { 0 };
+
 	syscall(SYS_close, a->wfd);
 	while (syscall(SYS_read, a->rfd, &c, 1) < 0)
 		;
+	syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &sp); /* see sched_idle_self */
 	syscall(SYS_exit, 0);
 	return 0;
 }
@@ -1081,6 +1084,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
+	vm->handed_over = true;
 	ret = 0;
 	goto out;
 
@@ -1199,6 +1203,7 @@ static int keeper_live_main(void *p)
 		keeper_serve(a.vm, a.sock);
 	else
 		vcpu_runners_end(a.vm);
+	sched_idle_self(); /* the old world may go down with this task */
 	syscall(SYS_exit, 0);
 	return 0;
 }

@@ -175,8 +175,11 @@ static void qmp_cpr_transfer_after_reply(struct qmp_server *s, void *opaque)
 		migrate_failed(opaque, err);
 		return;
 	}
-	/* The guest runs in the new process, which owns the sockets now. */
+	/* The guest runs in the new process, which owns the sockets now. This
+	 * one goes at idle priority: its teardown must not steal the guest's
+	 * CPU. */
 	qmp_server_release_path(s);
+	sched_idle_self();
 	vm_quit(opaque, 0, "host-cpr-transfer", false);
 }
 

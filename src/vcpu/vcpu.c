@@ -216,6 +216,8 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 			break;
 		}
 	}
+	if (runner && vm->handed_over)
+		sched_idle_self();
 	pthread_mutex_lock(&vm->lock);
 	v->exited = true;
 	pthread_cond_broadcast(&vm->cond);
@@ -400,6 +402,13 @@ void vcpu_runners_rearm(struct vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	vcpu_runners_pdeath(vm, PDEATH_ARM);
 	pthread_mutex_unlock(&vm->lock);
+}
+
+void sched_idle_self(void)
+{
+	struct sched_param sp = { 0 };
+
+	sched_setscheduler(0, SCHED_IDLE, &sp);
 }
 
 void vcpu_runners_end(struct vm *vm)

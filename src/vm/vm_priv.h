@@ -61,6 +61,10 @@ struct vm {
 	bool stop_req;
 	int nr_parked;
 
+	/* The guest runs elsewhere now (live update): what is left of this VM
+	 * is torn down at idle priority, not to steal the guest's CPU. */
+	bool handed_over;
+
 	struct migration migration;
 	enum vm_run_state state;
 	bool guest_event_posted; /* shutdown or crash already reported */
