@@ -96,9 +96,8 @@ def time_to_first_heartbeat(argv, sock_path, timeout=60.0, connected=None, resum
                     buf += d
             for line in buf.decode("latin-1").splitlines():
                 m = LU_GAP.match(line.strip())
-                if m and int(m.group(2)) < tsc0:
-                    end = int(m.group(2)) + int(m.group(3)) * tsc_per_us()
-                    resumed["ms"] = (end - tsc0) / tsc_per_us() / 1000.0
+                if m and int(m.group(2)) < tsc0 < int(m.group(4)):
+                    resumed["ms"] = (int(m.group(4)) - tsc0) / tsc_per_us() / 1000.0
                     break
         return ms
     finally:
@@ -448,7 +447,7 @@ def bench_snapshot():
 LU_HB_US = 2000
 LU_GAP_US = 300
 LU_CMDLINE = "heartbeat=%d verify=256 gaps=%d" % (LU_HB_US, LU_GAP_US)
-LU_GAP = re.compile(r"^GAP (\d+) (\d+) (\d+)$")
+LU_GAP = re.compile(r"^GAP (\d+) (\d+) (\d+) (\d+)$")
 
 
 def make_rdtsc():

@@ -383,7 +383,7 @@ static void __attribute__((noreturn)) run(u32 cpu)
 					continue;
 				u64 at = c->gaps[t % GAP_RING].at, len = c->gaps[t % GAP_RING].len;
 				__atomic_store_n(&c->gap_tail, t + 1, __ATOMIC_RELEASE);
-				say("GAP %u %lu %lu", i, at, len * 1000 / boot.tsc_khz);
+				say("GAP %u %lu %lu %lu", i, at, len * 1000 / boot.tsc_khz, at + len);
 			}
 			if (opt.shutdown && now >= shutdown_at)
 				do_shutdown();
