@@ -1212,23 +1212,17 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 			 size_t errlen)
 {
 	struct keeper_live_arg ka;
-	void *kstack;
+	void *kstack = MAP_FAILED;
 	char envval[48];
-	int sv[2], ret, pidfd;
-	pid_t keeper;
+	int sv[2] = { -1, -1 }, ret, pidfd;
+	pid_t keeper = -1;
 
-	ret = vcpu_runners_start(vm);
-	if (ret < 0) {
-		vcpu_runners_rearm(vm);
-		return set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");
-	}
+	/* The keeper first: from the moment runners exist, someone must end
+	 * them if this process dies. */
 	pidfd = syscall(SYS_pidfd_open, getpid(), 0);
 	if (pidfd < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		ret = -errno;
-		if (pidfd >= 0)
-			close(pidfd);
-		vcpu_runners_rearm(vm);
-		return set_err(err, errlen, ret, "cpr-exec: keeper set-up: %s", strerror(-ret));
+		ret = set_err(err, errlen, -errno, "cpr-exec: keeper set-up: %s", strerror(errno));
+		goto out;
 	}
 	kstack = mmap(NULL, KEEPER_LIVE_STACK, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -1239,9 +1233,13 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 		clone(keeper_live_main, (char *)kstack + KEEPER_LIVE_STACK,
 		      CLONE_VM | CLONE_FILES | SIGCHLD, &ka);
 	if (keeper < 0) {
-		ret = -errno;
-		set_err(err, errlen, ret, "cpr-exec: keeper: %s", strerror(-ret));
+		ret = set_err(err, errlen, -errno, "cpr-exec: keeper: %s", strerror(errno));
 		goto out;
+	}
+	ret = vcpu_runners_start(vm);
+	if (ret < 0) {
+		set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");
+		goto out_keeper;
 	}
 	snprintf(envval, sizeof(envval), "%d,%d", sv[1], exefd);
 	setenv(CPR_ENV_LIVE, envval, 1);
@@ -1257,16 +1255,20 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 	set_err(err, errlen, ret, "cpr-exec: cannot execute '%s': %s", path, strerror(-ret));
 	fcntl(exefd, F_SETFD, FD_CLOEXEC);
 	unsetenv(CPR_ENV_LIVE);
+	vcpu_runners_stop(vm);
+out_keeper:
 	if (write(sv[1], "A", 1) != 1)
 		pr_warn("cpr-exec: cannot release the keeper");
 	waitpid(keeper, NULL, 0);
 out:
-	close(sv[0]);
-	close(sv[1]);
-	close(pidfd);
+	if (sv[0] >= 0) {
+		close(sv[0]);
+		close(sv[1]);
+	}
+	if (pidfd >= 0)
+		close(pidfd);
 	if (kstack != MAP_FAILED)
 		munmap(kstack, KEEPER_LIVE_STACK);
-	vcpu_runners_rearm(vm);
 	return ret;
 }
 

@@ -117,10 +117,8 @@ static bool vcpu_handle_exit(struct vcpu *v)
 	}
 }
 
-static void vcpu_runner_pdeath(struct vcpu *v);
-
 /* Parks while a pause is requested. Returns false if the loop must end. */
-static bool vcpu_park(struct vcpu *v, bool for_good)
+static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
 	struct vm *vm = v->vm;
 	bool stop;
@@ -130,17 +128,9 @@ static bool vcpu_park(struct vcpu *v, bool for_good)
 	v->parked = true;
 	vm->nr_parked++;
 	pthread_cond_broadcast(&vm->cond);
-	while ((vm->pause_req || for_good) && !vm->stop_req) {
-		if (v->pdeath_req && v->runner_live && v->runner_tid == (int)syscall(SYS_gettid)) {
-			/* A parked runner answers too. */
-			pthread_mutex_unlock(&vm->lock);
-			vcpu_runner_pdeath(v);
-			pthread_mutex_lock(&vm->lock);
-			continue;
-		}
+	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit))
 		pthread_cond_wait(&vm->cond, &vm->lock);
-	}
-	stop = vm->stop_req;
+	stop = vm->stop_req || (runner && v->runner_exit);
 	vm->nr_parked--;
 	v->parked = false;
 	pthread_mutex_unlock(&vm->lock);
@@ -149,8 +139,8 @@ static bool vcpu_park(struct vcpu *v, bool for_good)
 
 static void vcpu_hand_to_runner(struct vcpu *v);
 
-/* The run loop, on the vCPU's runner (see Runners), or on its thread when
- * no runner could be started. */
+/* The run loop, on the vCPU's thread or (runner) on its runner. A runner
+ * leaves it when asked to give the vCPU back, without marking it exited. */
 static void vcpu_loop(struct vcpu *v, bool runner)
 {
 	struct vm *vm = v->vm;
@@ -158,8 +148,8 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 	for (;;) {
 		if (__atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST))
 			break;
-		if (runner && __atomic_load_n(&v->pdeath_req, __ATOMIC_SEQ_CST))
-			vcpu_runner_pdeath(v);
+		if (runner && __atomic_load_n(&v->runner_exit, __ATOMIC_SEQ_CST))
+			return;
 		if (!runner && __atomic_load_n(&v->runner_req, __ATOMIC_SEQ_CST)) {
 			__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 			vcpu_hand_to_runner(v);
@@ -187,11 +177,14 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 				}
 			}
 			if (!alive) {
-				vcpu_park(v, true);
+				vcpu_park(v, true, runner);
 				break;
 			}
-			if (!vcpu_park(v, false))
+			if (!vcpu_park(v, false, runner)) {
+				if (runner && !vm->stop_req)
+					return;
 				break;
+			}
 			continue;
 		}
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
@@ -206,13 +199,13 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 			char why[96];
 			snprintf(why, sizeof(why), "KVM_RUN failed: %s", strerror(errno));
 			vm_guest_crashed(vm, v->id, why);
-			vcpu_park(v, true);
+			vcpu_park(v, true, runner);
 			break;
 		}
 		if (!vcpu_handle_exit(v)) {
 			/* The guest is over (shutdown or crash): stay out of it
 			 * until the VM is torn down. */
-			vcpu_park(v, true);
+			vcpu_park(v, true, runner);
 			break;
 		}
 	}
@@ -235,53 +228,32 @@ static void *vcpu_thread(void *arg)
 	sigemptyset(&set);
 	sigaddset(&set, VCPU_KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-	/* The first KVM_RUN of a VM starts KVM's own worker (NX huge page
-	 * recovery) as a thread of the calling process. Made here it is one of
-	 * ours; made by a runner it would keep the runner's exit from being
-	 * reaped for as long as the VM lives. immediate_exit: no guest code
-	 * runs. */
-	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	ioctl(v->fd, KVM_RUN, 0);
-	__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-	vcpu_hand_to_runner(v); /* returns once the runner has ended */
 	vcpu_loop(v, false);
 	return NULL;
 }
 
-/* --- Runners ---------------------------------------------------------------------
- * Each vCPU runs in a "runner": a clone(CLONE_VM | CLONE_FILES) child of its
- * thread, not a thread itself (no CLONE_THREAD), running vcpu_loop. Why: a
- * live cpr-exec. execve() kills every thread of the process but the caller;
- * tasks of other processes that share the address space survive it, and KVM
- * lets any task in the VM's mm run its vCPUs. So the guest keeps running in
- * the runners, with the old image's code and memory (device emulation
- * included), while the new image starts and builds its VM; the cpr keeper
- * (cpr.c) then stops them and hands the state over. Runners exist from the
- * start rather than only for an update because, on the nested KVM of our
- * test host, a vCPU's first KVM_RUN from a new task costs 1-2 ms: starting
- * them at update time was a guest-visible hiccup of its own.
+/* --- Runners (live cpr-exec) -----------------------------------------------------
+ * execve() kills every thread of the process but the caller; tasks of other
+ * processes that share the address space survive it, and KVM lets any task
+ * in the VM's mm run its vCPUs. So before the exec each vCPU thread starts a
+ * runner, clone(CLONE_VM) without CLONE_THREAD, that continues the run loop
+ * (device emulation included) from the old image's code and memory, and
+ * blocks until the runner is gone. The runner inherits the thread's TLS
+ * (glibc's thread pointer, errno, malloc's cache): it is the thread as far
+ * as any library can tell, so the thread itself touches nothing but raw
+ * system calls until the runner has exited. It shares the fd table too. The
+ * exec then kills only the blocked threads and the guest keeps running,
+ * while the new image starts and builds its VM; the cpr keeper (cpr.c) stops
+ * the runners and hands the state over at the end, and ends them if the
+ * process dies. If the exec fails, the runners give the vCPUs back.
  *
- * The runner inherits its thread's TLS (glibc's thread pointer, errno,
- * malloc's cache): it is the thread as far as any library can tell, so the
- * thread itself only waits for it in a raw system call and touches nothing
- * until it has exited. The runner dies with its thread (PR_SET_PDEATHSIG),
- * hence with the process, except across a live cpr-exec, where the keeper
- * watches the process instead (vcpu_runners_start/rearm). If a runner cannot
- * be started, the thread runs the vCPU itself. */
+ * Runners exist only for an update: a process whose vCPUs run in other
+ * processes would outlive a SIGKILL by as long as its address space takes
+ * to tear down (its sockets with it). The price, on the nested KVM of our
+ * test host, is that a vCPU's first KVM_RUN from a new task costs 1-2 ms:
+ * the hand-over is a small guest-visible hiccup there (a context switch on
+ * bare-metal KVM). */
 #define RUNNER_STACK (1024 * 1024)
-#define PDEATH_CLEAR 1
-#define PDEATH_ARM 2
-
-static void vcpu_runner_pdeath(struct vcpu *v)
-{
-	struct vm *vm = v->vm;
-
-	prctl(PR_SET_PDEATHSIG, v->pdeath_req == PDEATH_CLEAR ? 0 : SIGKILL);
-	pthread_mutex_lock(&vm->lock);
-	v->pdeath_req = 0;
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
-}
 
 static int vcpu_runner_main(void *arg)
 {
@@ -290,10 +262,7 @@ static int vcpu_runner_main(void *arg)
 	sigset_t set;
 	char name[16];
 
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != v->host_pid)
-		return 0; /* the process died before that took effect */
-	snprintf(name, sizeof(name), "vcpu%d-run", v->id);
+	snprintf(name, sizeof(name), "vcpu%d-live", v->id);
 	prctl(PR_SET_NAME, name);
 	sigemptyset(&set);
 	sigaddset(&set, VCPU_KICK_SIGNAL);
@@ -317,26 +286,24 @@ static void vcpu_hand_to_runner(struct vcpu *v)
 	void *stack;
 	int tid = -1;
 
-	__atomic_store_n(&v->runner_req, false, __ATOMIC_SEQ_CST);
-	/* Kicks that reach this thread meanwhile wait until the runner is
-	 * gone; the runner unblocks them for itself. */
+	/* Kicks that reach this thread meanwhile wait until it has its vCPU
+	 * back; the runner unblocks them for itself. */
 	sigemptyset(&set);
 	sigaddset(&set, VCPU_KICK_SIGNAL);
 	pthread_sigmask(SIG_BLOCK, &set, &old);
-	v->host_pid = getpid();
 	stack = mmap(NULL, RUNNER_STACK, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
 	if (stack != MAP_FAILED) {
 		mprotect(stack, 4096, PROT_NONE); /* guard page */
+		__atomic_store_n(&v->runner_req, false, __ATOMIC_SEQ_CST);
 		tid = clone(vcpu_runner_main, (char *)stack + RUNNER_STACK,
 			    CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_PARENT_SETTID |
 				    CLONE_CHILD_CLEARTID | SIGCHLD,
 			    v, &v->runner_tid, NULL, &v->runner_tid);
 	}
 	if (tid <= 0) {
-		pr_warn("vCPU %d: no runner (%s); a live cpr-exec will retry", v->id,
-			strerror(errno));
 		pthread_mutex_lock(&vm->lock);
+		v->runner_req = false;
 		v->runner_failed = true;
 		pthread_cond_broadcast(&vm->cond);
 		pthread_mutex_unlock(&vm->lock);
@@ -347,29 +314,13 @@ static void vcpu_hand_to_runner(struct vcpu *v)
 	}
 	/* The runner owns this thread's identity now: raw system calls only.
 	 * wait4 returns when it has exited (or, with SIGCHLD ignored, fails
-	 * with ECHILD then); if the image exec()s meanwhile, this thread dies
-	 * here and the runner carries on. */
+	 * with ECHILD then); if the image exec()s first, this thread dies
+	 * here. */
 	while (syscall(SYS_wait4, tid, NULL, __WALL, NULL) < 0 &&
 	       __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST) == tid)
 		;
 	munmap(stack, RUNNER_STACK);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-}
-
-/* Every runner does req (under vm->lock) at its next round of the loop. */
-static void vcpu_runners_pdeath(struct vm *vm, int req)
-{
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
-		if (v->runner_live) {
-			v->pdeath_req = req;
-			vcpu_kick(v);
-		}
-	}
-	pthread_cond_broadcast(&vm->cond); /* parked runners too */
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		while (vm->vcpus[i].pdeath_req && vm->vcpus[i].runner_live)
-			pthread_cond_wait(&vm->cond, &vm->lock);
 }
 
 int vcpu_runners_start(struct vm *vm)
@@ -379,9 +330,7 @@ int vcpu_runners_start(struct vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		if (v->runner_live)
-			continue;
-		v->runner_failed = false;
+		v->runner_failed = v->runner_exit = false;
 		__atomic_store_n(&v->runner_req, true, __ATOMIC_SEQ_CST);
 		vcpu_kick(v);
 	}
@@ -391,17 +340,28 @@ int vcpu_runners_start(struct vm *vm)
 			pthread_cond_wait(&vm->cond, &vm->lock);
 		failed |= !v->runner_live;
 	}
-	if (!failed) /* the threads die in the exec: the runners must not */
-		vcpu_runners_pdeath(vm, PDEATH_CLEAR);
 	pthread_mutex_unlock(&vm->lock);
-	return failed ? -EAGAIN : 0;
+	if (failed) {
+		vcpu_runners_stop(vm);
+		return -EAGAIN;
+	}
+	return 0;
 }
 
-void vcpu_runners_rearm(struct vm *vm)
+void vcpu_runners_stop(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
-	vcpu_runners_pdeath(vm, PDEATH_ARM);
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		__atomic_store_n(&vm->vcpus[i].runner_req, false, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vm->vcpus[i].runner_exit, true, __ATOMIC_SEQ_CST);
+		vcpu_kick(&vm->vcpus[i]);
+	}
+	pthread_cond_broadcast(&vm->cond);
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		while (vm->vcpus[i].runner_live)
+			pthread_cond_wait(&vm->cond, &vm->lock);
 	pthread_mutex_unlock(&vm->lock);
+	/* Each thread takes its vCPU back once its runner has exited. */
 }
 
 void sched_idle_self(void)
@@ -453,7 +413,7 @@ void vcpu_kick(struct vcpu *v)
 	if (!v->thread_started)
 		return;
 	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	/* The runner, if there is one. If it exits meanwhile, its thread
+	/* A runner, if one has the vCPU. If it exits meanwhile, its thread
 	 * sees the flag and immediate_exit before its next KVM_RUN anyway. */
 	tid = __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST);
 	if (tid > 0 && syscall(SYS_tgkill, tid, tid, VCPU_KICK_SIGNAL) == 0)

@@ -25,13 +25,13 @@ struct vcpu {
 	bool thread_started;
 	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
 	bool exited; /* thread returned (guarded by vm->lock) */
-	/* The task that runs the vCPU (vcpu.c, "Runners"). */
+	/* Live cpr-exec (vcpu.c, "Runners"): while the image execs, a process
+	 * sharing this address space runs the vCPU in place of its thread. */
 	int runner_tid;   /* kernel-written: set at clone, 0 once it is gone */
-	int host_pid;     /* the process the runner belongs to */
-	bool runner_req;  /* thread: start a runner (again) */
+	bool runner_req;  /* thread: hand the vCPU over to a runner */
 	bool runner_live; /* the runner runs the loop (guarded by vm->lock) */
 	bool runner_failed;
-	int pdeath_req;   /* runner: clear or re-arm PR_SET_PDEATHSIG */
+	bool runner_exit; /* runner: give the vCPU back to its thread */
 };
 
 struct vm {
@@ -83,11 +83,12 @@ int vcpu_init(struct vcpu *v, struct vm *vm, int id);
 int vcpu_start(struct vcpu *v);
 void vcpu_kick(struct vcpu *v);
 void vcpu_destroy(struct vcpu *v);
-/* Live cpr-exec: makes sure every vCPU runs in a runner (vcpu.c) that will
- * outlive its thread; fails with the guest still running. */
+/* Live cpr-exec: every vCPU thread hands its vCPU to a runner process
+ * (clone(CLONE_VM)); returns once all of them run the guest, or fails with
+ * the threads in charge again. The guest does not stop. */
 int vcpu_runners_start(struct vm *vm);
-/* The exec failed: the runners die with the process again. */
-void vcpu_runners_rearm(struct vm *vm);
+/* The runners give the vCPUs back to their threads (the exec failed). */
+void vcpu_runners_stop(struct vm *vm);
 /* After the threads are gone (the image exec()ed): the runners end. */
 void vcpu_runners_end(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
