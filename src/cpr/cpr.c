@@ -1,18 +1,19 @@
-/* cpr.c — cpr-exec, see cpr.h. Also the preserved-fd registry: every fd that
- * crosses the exec is named in the stream's "cpr" section, and the new image
- * claims fds by name (QEMU's cpr.c does the same), never by position.
+/* cpr.c — live update, see cpr.h. Also the preserved-fd registry: every fd
+ * that crosses to the new image is named in the stream's "cpr" section, and
+ * the new image claims fds by name (QEMU's cpr.c does the same), never by
+ * position.
  *
- * Ordering rules on the way out (old image):
+ * Ordering rules on the way out, stopped-first cpr-exec (a paused guest):
  *   1. stop the vCPUs (vm_pause completes any pending I/O exit, vcpu.c);
  *   2. capture all state into memory, then into a memfd: nothing after this
  *      point may change guest-visible state;
  *   3. start the keeper (it copies the fd table: the old VM fd stays open in
  *      it, so execve() neither tears the VM down nor unmaps guest RAM);
  *   4. clear FD_CLOEXEC on exactly the registry's fds, then execve().
- * Any failure before execve() returns succeeds undoes 3 and 4 and resumes.
- * On the way in (new image), handed-over fds are dup()ed before use, so a
- * failed take-over can give the untouched originals back to the previous
- * binary. */
+ * Any failure before execve() returns undoes 3 and 4 and resumes.
+ * Live cpr-exec and cpr-transfer: see "cpr-transfer" and "live cpr-exec"
+ * below. On the way in (new image), handed-over fds are dup()ed before use,
+ * so a failed take-over can give the untouched originals back. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>

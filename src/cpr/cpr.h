@@ -1,15 +1,20 @@
-/* cpr.h — live update (cpr-exec): replace the cprvm binary under a running
- * guest, same PID, every fd that carries state kept open.
+/* cpr.h — live update: replace the cprvm binary under a running guest,
+ * every fd that carries state kept open.
  *
- * The old image stops the vCPUs, writes the state stream into a memfd, keeps
- * the old address space (and with it the old KVM VM) alive in a clone(CLONE_VM)
- * "keeper" so execve() does not pay for tearing it down, clears FD_CLOEXEC on
- * exactly the fds named in the registry, and exec()s. The new image finds the
- * stream through CPRVM_CPR_STATE, claims its fds by name, rebuilds the VM over
- * the same RAM fd and resumes the guest, then lets the keeper go.
- * If the new image cannot take over, it exec()s the previous binary (an fd to
- * it travels along) with the same state, which resumes the guest and reports
- * the failure: the guest never stops for good. */
+ * cpr-exec (same PID). A running guest keeps running through the exec: its
+ * vCPUs go to runner processes that share the address space (vcpu.c), a
+ * keeper task there waits for the new image, and the new image, once it has
+ * built its VM, takes the guest over from the keeper with the cpr-transfer
+ * protocol over a socketpair that crossed the exec (CPRVM_CPR_LIVE). A
+ * paused guest is handed over stopped-first instead: the state stream in a
+ * memfd (CPRVM_CPR_STATE), the old address space kept by a clone(CLONE_VM)
+ * keeper so execve() does not pay for tearing it down, FD_CLOEXEC cleared on
+ * exactly the fds named in the registry. Either way, if the new image cannot
+ * take over, it exec()s the previous binary (an fd to it travels along),
+ * which takes the guest the same way and reports the failure: the guest
+ * never stops for good.
+ *
+ * cpr-transfer: a second process; see cpr.c for the protocol. */
 #ifndef CPRVM_CPR_H
 #define CPRVM_CPR_H
 
