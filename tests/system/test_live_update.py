@@ -421,7 +421,9 @@ def test_guest_clock_tracks_real_time_across_update(vms, tmp_path):
     (PVM) host the guest reads the host's TSC directly, so this checks the
     behaviour users see rather than cprvm's TSC-offset restore, which only
     matters on hardware KVM."""
-    vm = vms(cmdline="heartbeat=100000", memory="256M")
+    vm = vms(cmdline="heartbeat=100000 gaps=100000", memory="256M")
+    _, banner = vm.serial.wait(r"^GUEST ready .*tsc_khz=(\d+)", timeout=10)
+    tsc_khz = int(banner.group(1))
     vm.serial.wait(r"^STALL \d+$", timeout=10)
     new, inc = start_incoming(vm, tmp_path, 0, env={"CPRVM_TEST_XFER_FAULT": "slow"})
     try:
@@ -438,6 +440,11 @@ def test_guest_clock_tracks_real_time_across_update(vms, tmp_path):
             start = i + 1
         seen = max(stalls) / 1e6
         assert 0.45 <= seen <= blackout + 0.2, (stalls, blackout)
+        # The gaps= probe reports the same pause, with its start and end TSC.
+        _, g = vm.serial.wait(r"^GAP 0 (\d+) (\d+) (\d+)$", start=n, timeout=10)
+        start_tsc, us, end_tsc = int(g.group(1)), int(g.group(2)), int(g.group(3))
+        assert 0.45 <= us / 1e6 <= blackout + 0.2, (us, blackout)
+        assert abs((end_tsc - start_tsc) * 1000 / tsc_khz - us) <= 1000, g.group(0)
         # Afterwards the 100 ms heartbeat keeps its pace in wall-clock time.
         hbs = heartbeats(vm.serial)[-8:]
         period = (hbs[-1][0] - hbs[0][0]) / (hbs[-1][1] - hbs[0][1])
