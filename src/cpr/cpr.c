@@ -692,12 +692,13 @@ static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint
 		     uint64_t t_applied, const char *rollback)
 {
 	uint64_t t_run = now_ns();
-	/* Blackout phases (us): stop (vCPUs out), prepare (keeper), handover
-	 * (state read and written, exec or send, new image start-up), rebuild
-	 * (KVM VM, memslots, vCPUs; cpr-transfer built them before the stop, so
-	 * there it is only checking the state), restore (state into KVM and
-	 * devices; for cpr-transfer also the go-ahead and the start), resume
-	 * (vCPU threads started). */
+	/* Blackout phases (us): stop (vCPUs out), prepare (keeper; stopped-first
+	 * cpr-exec only), handover (state read, then written and exec'd, or
+	 * sent), rebuild (stopped-first cpr-exec: KVM VM, memslots, vCPUs; the
+	 * live modes built them before the stop, so there it is only checking
+	 * the state), restore (state into KVM and devices; in the live modes
+	 * also "ready" and letting the parked vCPUs go), resume (vCPU threads
+	 * started, stopped-first cpr-exec). */
 	int64_t ph[6] = {
 		cs->paused_ns ? (int64_t)(cs->paused_ns - cs->stop_ns) / 1000 : 0,
 		cs->captured_ns ? (int64_t)(cs->captured_ns - cs->paused_ns) / 1000 : 0,
