@@ -170,6 +170,18 @@ static void cpr_set_cloexec(const struct cpr_state *cs, bool on)
 static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char *err,
 			 size_t errlen);
 
+/* This image's argv into the registry: how to start it again. */
+static void cpr_put_prev_argv(struct cpr_state *cs)
+{
+	size_t off = 0;
+
+	for (int i = 0; i < cpr.argc && off + strlen(cpr.argv[i]) + 1 <= sizeof(cs->prev_argv); i++) {
+		memcpy(cs->prev_argv + off, cpr.argv[i], strlen(cpr.argv[i]) + 1);
+		off += strlen(cpr.argv[i]) + 1;
+	}
+	cs->prev_argv_len = off;
+}
+
 /* --- the keeper ---------------------------------------------------------------
  * Shares the old mm (CLONE_VM) and owns a copy of the old fd table. It waits
  * for EOF on a pipe whose write end the new image holds, then exits: the old
@@ -246,7 +258,6 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	void *kstack = MAP_FAILED;
 	int pipefd[2] = { -1, -1 }, memfd = -1, exefd = -1, ret;
 	pid_t keeper = -1;
-	size_t off = 0;
 
 	if (!cs || !ho) {
 		ret = -ENOMEM;
@@ -287,11 +298,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 		snprintf(err, errlen, "cpr-exec: pipe: %s", strerror(-ret));
 		goto out_resume;
 	}
-	for (int i = 0; i < cpr.argc && off + strlen(cpr.argv[i]) + 1 <= sizeof(cs->prev_argv); i++) {
-		memcpy(cs->prev_argv + off, cpr.argv[i], strlen(cpr.argv[i]) + 1);
-		off += strlen(cpr.argv[i]) + 1;
-	}
-	cs->prev_argv_len = off;
+	cpr_put_prev_argv(cs);
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
 	if ((ret = cpr_add_fd(cs, "ram", vm->mem.fd)) < 0 ||
@@ -381,30 +388,42 @@ bool cpr_incoming_pending(void)
 static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 			     struct qmp_server **qmp_out, char *err, size_t errlen);
 
-/* Gives everything back to the previous binary. Returns only on failure. */
-static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
+/* Exec()s the previous binary (exefd) with its argv from the registry and
+ * the reason in CPRVM_CPR_ROLLBACK; the caller has put the way to the guest
+ * in the environment. Returns only on failure. */
+static void cpr_exec_prev(const struct cpr_state *cs, int exefd, const char *why)
 {
 	char *argv[256];
-	char envval[32];
 	size_t off = 0;
-	int argc = 0, exefd = cpr_find_fd(cs, "prev-exe");
+	int argc = 0;
 
-	if (exefd < 0 || getenv(CPR_ENV_ROLLBACK) || !cs->prev_argv_len)
-		return; /* no way back, or already on it */
 	while (off < cs->prev_argv_len && argc < 255) {
 		argv[argc++] = (char *)cs->prev_argv + off;
 		off += strnlen(cs->prev_argv + off, cs->prev_argv_len - off) + 1;
 	}
 	argv[argc] = NULL;
 	pr_err("live update failed: %s; going back to the previous binary", why);
+	setenv(CPR_ENV_ROLLBACK, why, 1);
+	fcntl(exefd, F_SETFD, 0);
+	syscall(SYS_execveat, exefd, "", argv, environ, AT_EMPTY_PATH);
+	pr_err("cannot go back to the previous binary: %s", strerror(errno));
+}
+
+/* Stopped-first cpr-exec: gives everything back to the previous binary.
+ * Returns only on failure. */
+static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
+{
+	char envval[32];
+	int exefd = cpr_find_fd(cs, "prev-exe");
+
+	if (exefd < 0 || getenv(CPR_ENV_ROLLBACK) || !cs->prev_argv_len)
+		return; /* no way back, or already on it */
 	lseek(memfd, 0, SEEK_SET);
 	snprintf(envval, sizeof(envval), "%d", memfd);
 	setenv(CPR_ENV_STATE, envval, 1);
-	setenv(CPR_ENV_ROLLBACK, why, 1);
 	cpr_set_cloexec(cs, false);
 	fcntl(memfd, F_SETFD, 0);
-	syscall(SYS_execveat, exefd, "", argv, environ, AT_EMPTY_PATH);
-	pr_err("cannot go back to the previous binary: %s", strerror(errno));
+	cpr_exec_prev(cs, exefd, why);
 }
 
 static int dup_claim(const struct cpr_state *cs, const char *name)
@@ -1002,15 +1021,8 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 			nfds++;
 		}
 	}
-	if (live) {
-		size_t off = 0;
-		for (int i = 0; i < cpr.argc && off + strlen(cpr.argv[i]) + 1 <= sizeof(cs->prev_argv);
-		     i++) {
-			memcpy(cs->prev_argv + off, cpr.argv[i], strlen(cpr.argv[i]) + 1);
-			off += strlen(cpr.argv[i]) + 1;
-		}
-		cs->prev_argv_len = off;
-	}
+	if (live)
+		cpr_put_prev_argv(cs);
 	snapshot_machine(vm, &ms, RAM_IN_FD);
 	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
@@ -1308,23 +1320,10 @@ static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm
 	snprintf(err, errlen, "live update: %s", why);
 	/* Back to the previous binary, which says hello on the same socket. */
 	if (exefd >= 0 && cs->prev_argv_len && !getenv(CPR_ENV_ROLLBACK)) {
-		char *argv[256];
-		size_t off = 0;
-		int argc = 0;
-
-		while (off < cs->prev_argv_len && argc < 255) {
-			argv[argc++] = cs->prev_argv + off;
-			off += strnlen(cs->prev_argv + off, cs->prev_argv_len - off) + 1;
-		}
-		argv[argc] = NULL;
-		pr_err("live update failed: %s; going back to the previous binary", why);
 		snprintf(envval, sizeof(envval), "%d,%d", sock, exefd);
 		setenv(CPR_ENV_LIVE, envval, 1);
-		setenv(CPR_ENV_ROLLBACK, why, 1);
 		fcntl(sock, F_SETFD, 0);
-		fcntl(exefd, F_SETFD, 0);
-		syscall(SYS_execveat, exefd, "", argv, environ, AT_EMPTY_PATH);
-		pr_err("cannot go back to the previous binary: %s", strerror(errno));
+		cpr_exec_prev(cs, exefd, why);
 	}
 out:
 	close(sock);
