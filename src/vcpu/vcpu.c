@@ -249,10 +249,10 @@ static void *vcpu_thread(void *arg)
  *
  * Runners exist only for an update: a process whose vCPUs run in other
  * processes would outlive a SIGKILL by as long as its address space takes
- * to tear down (its sockets with it). The price, on the nested KVM of our
- * test host, is that a vCPU's first KVM_RUN from a new task costs 1-2 ms:
- * the hand-over is a small guest-visible hiccup there (a context switch on
- * bare-metal KVM). */
+ * to tear down (its sockets with it). The price is a short stop of each
+ * vCPU at the hand-over: an exit, a clone, and the runner's first turn on a
+ * CPU (KVM_RUN from a new task costs only ~20 us here; on our busy 2-CPU
+ * test host the scheduling sometimes makes it 1-2 ms). */
 #define RUNNER_STACK (1024 * 1024)
 
 static int vcpu_runner_main(void *arg)
