@@ -194,6 +194,10 @@ int main(int argc, char **argv)
 	if (cpr_incoming_pending()) {
 		/* Live update: this image takes over a running guest. */
 		ret = cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err));
+		if (ret == -ESHUTDOWN) { /* the guest powered off meanwhile: done */
+			pr_warn("%s", err);
+			return 0;
+		}
 		if (ret < 0)
 			die("%s", err);
 		goto run;
@@ -202,6 +206,10 @@ int main(int argc, char **argv)
 		/* cpr-transfer: the old process sends state and fds here. */
 		ret = cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &m.vm, &qmp, err,
 					    sizeof(err));
+		if (ret == -ESHUTDOWN) {
+			pr_warn("%s", err);
+			return 0;
+		}
 		if (ret < 0)
 			die("%s", err);
 		goto run;

@@ -455,6 +455,9 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  * cpr-exec keeper waits as long as it takes (there is no one to fence: the
  * new side is the VMM's own process). */
 #define XFER_MAGIC 0x54525043u /* "CPRT" */
+/* Instead of phase 2: the guest powered off or crashed meanwhile (its VMM's
+ * loop has that event queued): nothing to take over. */
+#define XFER_OVER_MAGIC 0x5245564fu /* "OVER" */
 #define XFER_TIMEOUT_MS 10000
 
 struct xfer_hdr {
@@ -557,6 +560,8 @@ static int xfer_recv_msg(int sock, uint8_t **buf, size_t *len, int *fds, int *nf
 			memcpy(fds, CMSG_DATA(cm), k * sizeof(int));
 			*nfds = k;
 		}
+	if (n == sizeof(h) && h.magic == XFER_OVER_MAGIC)
+		return -ESHUTDOWN;
 	if (n != sizeof(h) || h.magic != XFER_MAGIC || h.len == 0 || h.len > (256 << 20) ||
 	    (msg.msg_flags & MSG_CTRUNC))
 		return -EPROTO;
@@ -857,6 +862,8 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
 			for (;;)
 				pause();
+		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow-build"))
+			sleep(2); /* the guest runs on meanwhile, on the old side */
 	}
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
 	if (ret < 0)
@@ -877,6 +884,11 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
 	for (int i = 0; i < ndummy; i++)
 		close(dummy[i]);
+	if (ret == -ESHUTDOWN) {
+		set_err(why, whylen, ret, "the guest powered off or crashed during the update; "
+			"there is nothing to take over");
+		goto out_refuse;
+	}
 	if (ret < 0) {
 		set_err(why, whylen, ret, "the state did not arrive whole");
 		goto out_refuse;
@@ -1052,6 +1064,14 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		goto out_fail;
 	}
 	stopped = true;
+	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
+		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
+
+		send(sock, &over, sizeof(over), MSG_NOSIGNAL);
+		ret = set_err(why, whylen, -ESHUTDOWN,
+			      "the guest powered off or crashed during the update");
+		goto out_fail;
+	}
 	cs->paused_ns = cs->captured_ns = now_ns();
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
@@ -1178,6 +1198,11 @@ static void keeper_serve(struct vm *vm, int sock)
 		if (xfer_out(vm, sock, true, why, sizeof(why)) == 0)
 			break;
 		pr_warn("cpr-exec: the new image did not take the guest over: %s", why);
+		if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
+			/* The guest powered off or crashed meanwhile: the new
+			 * image was told, and ends; so do we. */
+			break;
+		}
 		if (read(sock, &c, 1) != 1 || c != 'H') {
 			pr_err("cpr-exec: the process is gone; the guest stops");
 			break;
@@ -1318,8 +1343,9 @@ static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm
 		goto out;
 	}
 	snprintf(err, errlen, "live update: %s", why);
-	/* Back to the previous binary, which says hello on the same socket. */
-	if (exefd >= 0 && cs->prev_argv_len && !getenv(CPR_ENV_ROLLBACK)) {
+	/* Back to the previous binary, which says hello on the same socket
+	 * (unless the guest is over: then this process ends, see main). */
+	if (ret != -ESHUTDOWN && exefd >= 0 && cs->prev_argv_len && !getenv(CPR_ENV_ROLLBACK)) {
 		snprintf(envval, sizeof(envval), "%d,%d", sock, exefd);
 		setenv(CPR_ENV_LIVE, envval, 1);
 		fcntl(sock, F_SETFD, 0);

@@ -497,3 +497,30 @@ def test_cpr_transfer_of_a_paused_vm_stays_paused(vms, tmp_path):
     q.close()
     vm.serial.wait(r"^OK \d+ cpu=0$", start=n, timeout=30)
     assert_hb_continuous(heartbeats(vm.serial))
+
+
+@pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
+def test_guest_powers_off_during_update(vms, tmp_path, mode):
+    # The new side takes 2 s to build its VM; the guest, still running on
+    # the old side, powers off meanwhile. Its power-off must not be lost
+    # (a halted guest in a VMM that never exits): there is nothing to hand
+    # over, and every process involved ends with status 0.
+    slow = {"CPRVM_TEST_XFER_FAULT": "slow-build"}
+    vm = vms(cmdline="heartbeat=5000 shutdown=1500", memory="256M",
+             env=slow if mode == "cpr-exec" else None)
+    vm.serial.wait(r"^HB 5$", timeout=10)
+    if mode == "cpr-exec":
+        q = qmp_when_ready(vm)
+        q.ok("migrate-set-parameters", mode="cpr-exec")
+        assert q.cmd("migrate", uri="memfd:") == {"return": {}}
+        q.close()
+        new, new_err = vm.proc, vm.stderr_path
+    else:
+        new, inc = start_incoming(vm, tmp_path, 0, env=slow)
+        new_err = str(tmp_path / "new0.err")
+        cpr_transfer(vm, inc)
+    vm.serial.wait(r"^SHUTDOWN$", timeout=10)
+    assert new.wait(20) == 0
+    assert vm.proc.wait(20) == 0
+    err = open(new_err).read()
+    assert "the guest powered off or crashed during the update" in err, err
