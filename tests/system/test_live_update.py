@@ -524,3 +524,47 @@ def test_guest_powers_off_during_update(vms, tmp_path, mode):
     assert vm.proc.wait(20) == 0
     err = open(new_err).read()
     assert "the guest powered off or crashed during the update" in err, err
+
+
+def test_vmm_killed_during_cpr_exec_leaves_nothing_running(vms):
+    # SIGKILL while the new image is still building its VM (made 2 s slow):
+    # the vCPU runners of the old image must not go on running the guest
+    # for no one; the keeper sees the new image's end of their socket close
+    # and ends them.
+    vm = vms(cmdline="heartbeat=5000", memory="256M",
+             env={"CPRVM_TEST_XFER_FAULT": "slow-build"})
+    vm.serial.wait(r"^HB 5$", timeout=10)
+    q = qmp_when_ready(vm)
+    q.ok("migrate-set-parameters", mode="cpr-exec")
+    assert q.cmd("migrate", uri="memfd:") == {"return": {}}
+    q.close()
+    pid = vm.proc.pid
+
+    def runners():
+        out = []
+        for d in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+            except (OSError, ValueError):
+                continue
+            comm = st[st.index("(") + 1:st.rindex(")")]
+            fields = st[st.rindex(")") + 2:].split()
+            if comm.endswith("-live") and int(fields[1]) in (pid, 1):
+                tasks = len(os.listdir("/proc/%s/task" % d)) if os.path.isdir(
+                    "/proc/%s/task" % d) else 0
+                out.append((int(d), fields[0], tasks, int(fields[1])))
+        return out
+
+    mine = wait_for(lambda: [r for r in runners() if r[3] == pid], 5, "the runners")
+    ids = {r[0] for r in mine}
+    time.sleep(0.3)  # the new image is asleep in its VM build
+    vm.proc.kill()
+    vm.proc.wait(10)
+
+    def gone():
+        left = [r for r in runners() if r[0] in ids]
+        # A zombie no one reaps is harmless (this machine's init does not
+        # reap); one still running, or holding threads (a VM), is not.
+        return all(state == "Z" and tasks <= 1 for _, state, tasks, _ in left)
+    wait_for(gone, 10, "the runners to end")
