@@ -196,6 +196,7 @@ int main(int argc, char **argv)
 		ret = cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err));
 		if (ret == -ESHUTDOWN) { /* the guest powered off meanwhile: done */
 			pr_warn("%s", err);
+			loop_free(loop);
 			return 0;
 		}
 		if (ret < 0)
@@ -208,6 +209,7 @@ int main(int argc, char **argv)
 					    sizeof(err));
 		if (ret == -ESHUTDOWN) {
 			pr_warn("%s", err);
+			loop_free(loop);
 			return 0;
 		}
 		if (ret < 0)
