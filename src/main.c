@@ -175,6 +175,7 @@ int main(int argc, char **argv)
 	struct loop *loop;
 	sigset_t sigs;
 	char err[512];
+	bool exec_update;
 	int ret, status;
 
 	cpr_init(argc, argv);
@@ -191,23 +192,15 @@ int main(int argc, char **argv)
 	ret = loop_new(&loop);
 	if (ret < 0)
 		die("cannot create event loop: %s", strerror(-ret));
-	if (cpr_incoming_pending()) {
-		/* Live update: this image takes over a running guest. */
-		ret = cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err));
+	exec_update = cpr_incoming_pending();
+	if (exec_update || (cfg.incoming && !strncmp(cfg.incoming, "unix:", 5))) {
+		/* Live update: this image (cpr-exec) or this process, to which
+		 * the old one sends state and fds (cpr-transfer), takes over a
+		 * running guest. */
+		ret = exec_update ? cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err)) :
+			cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &m.vm, &qmp, err,
+					      sizeof(err));
 		if (ret == -ESHUTDOWN) { /* the guest powered off meanwhile: done */
-			pr_warn("%s", err);
-			loop_free(loop);
-			return 0;
-		}
-		if (ret < 0)
-			die("%s", err);
-		goto run;
-	}
-	if (cfg.incoming && !strncmp(cfg.incoming, "unix:", 5)) {
-		/* cpr-transfer: the old process sends state and fds here. */
-		ret = cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &m.vm, &qmp, err,
-					    sizeof(err));
-		if (ret == -ESHUTDOWN) {
 			pr_warn("%s", err);
 			loop_free(loop);
 			return 0;
