@@ -16,6 +16,7 @@
  * so a failed take-over can give the untouched originals back. */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@
 #include "cpr/cpr.h"
 #include "cpr/snapshot.h"
 #include "lib/log.h"
+#include "lib/trace.h"
 #include "qmp/qmp.h"
 #include "state/state.h"
 #include "vm/vm_priv.h"
@@ -95,6 +97,7 @@ static uint64_t now_ns(void)
 
 void cpr_init(int argc, char **argv)
 {
+	trace_init();
 	ssize_t n = readlink("/proc/self/exe", cpr.exe, sizeof(cpr.exe) - 1);
 
 	cpr.exe[n > 0 ? n : 0] = 0;
@@ -218,10 +221,11 @@ static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
 	int ret;
 
 	snapshot_machine(vm, &ms, RAM_IN_FD);
+	trace_mark("capture");
 	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, b)) < 0 ||
+	    (ret = snapshot_put_devices(vm, b)) < 0 || (trace_mark("devices"), 0) ||
 	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
 				    STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)
@@ -496,6 +500,35 @@ static int xfer_fence(int sock, char *c)
 	return recv(sock, c, 1, MSG_DONTWAIT) == 1;
 }
 
+/* The blackout allocates on this task's heap: the state as structs (a vCPU
+ * is ~72 KiB with its XSAVE area), the stream, the serial's pending bytes.
+ * Fresh heap pages cost a fault on first touch, ~1-5 us each here: touch
+ * enough of them before the stop, and keep malloc from handing them back
+ * (or from serving big blocks with new mappings). */
+static void cpr_warm_heap(int nr_cpus)
+{
+	size_t n = (1u << 20) + (size_t)nr_cpus * (160u << 10);
+	void *p;
+
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	p = malloc(n);
+	if (p) {
+		memset(p, 0, n);
+		free(p);
+	}
+}
+
+/* Waits on the CPU until sock is readable, for at most max_us. */
+static void xfer_spin_readable(int sock, unsigned max_us)
+{
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	uint64_t end = now_ns() + (uint64_t)max_us * 1000;
+
+	while (poll(&p, 1, 0) == 0 && now_ns() < end)
+		sched_yield();
+}
+
 static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
 {
 	struct pollfd p = { .fd = sock, .events = POLLIN };
@@ -671,15 +704,18 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	}
 	ho->listen_fd = dup_claim(cs, "serial0-listen");
 	ho->conn_fd = dup_claim(cs, "serial0-conn");
+	trace_mark("ho-got");
 	ret = vm_attach_serial(vm, ho, why, whylen);
 	if (ret < 0)
 		goto out;
+	trace_mark("serial-attached");
 	if (cfg->qmp_path) {
 		ret = qmp_server_new_fd(qmp, cfg->qmp_path, dup_claim(cs, "qmp"), loop, why,
 					whylen);
 		if (ret < 0)
 			goto out;
 	}
+	trace_mark("devices-adopted");
 	ret = snapshot_apply(snap, vm, true, why, whylen);
 	if (ret < 0)
 		goto out;
@@ -695,6 +731,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out;
 	}
+	trace_mark("sent-R");
 	/* Committed: the old side never runs the guest after 'R'. */
 	if (threads_parked)
 		ret = cs->guest_paused ? 0 : vm_resume(vm);
@@ -704,6 +741,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
 		goto out;
 	}
+	trace_mark("resumed");
 	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
 		pr_warn("cpr-transfer: could not confirm to the old process");
 out:
@@ -733,7 +771,12 @@ static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint
 	};
 
 	vm_cpr_completed(vm, (int64_t)(t_run - cs->stop_ns) / 1000, rollback);
+	if (trace_on) {
+		usleep(3000); /* the vCPUs' first marks too */
+		trace_dump("new", cs->stop_ns);
+	}
 	vm_cpr_phases(vm, ph);
+	vm_cpr_blackout(vm, (int64_t)(cs->stop_ns / 1000), (int64_t)(t_run / 1000));
 	chardev_keep_socket_files = false;
 	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
 	for (uint32_t i = 0; i < cs->nr_fds; i++)
@@ -868,6 +911,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
+	cpr_warm_heap(cfg->nr_cpus);
 	/* The vCPU threads too: they park before their first instruction, and
 	 * cpr_finish only lets them go. */
 	ret = vm_start_paused(vm);
@@ -880,8 +924,13 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		goto out_refuse;
 	}
 
-	/* Phase 2, the guest stopped: the state. */
+	/* Phase 2, the guest stopped: the state. It comes within about a
+	 * millisecond (the old side stops the guest on 'P'): wait for it on
+	 * the CPU, then get the vCPU threads onto one while it is applied. */
+	xfer_spin_readable(sock, 20000);
 	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
+	if (ret == 0)
+		vm_resume_soon(vm);
 	for (int i = 0; i < ndummy; i++)
 		close(dummy[i]);
 	if (ret == -ESHUTDOWN) {
@@ -894,6 +943,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		goto out_refuse;
 	}
 	t_adopt = now_ns();
+	trace_mark("received");
 	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
 		usleep(500 * 1000); /* a long blackout the guest must see */
 	if (getenv("CPRVM_TEST_XFER_FAULT") &&
@@ -913,12 +963,14 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		cs->captured_ns = cs2->captured_ns;
 		cs->guest_paused = cs2->guest_paused;
 		free(cs2);
+		trace_mark("registry");
 	}
 	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
 	have_idx = true;
 	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
+	trace_mark("parsed");
 	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, true, &qmp, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
@@ -1015,6 +1067,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		ret = set_err(why, whylen, -ENOMEM, "out of memory");
 		goto out;
 	}
+	cpr_warm_heap(vm->nr_vcpus);
 	/* Phase 1, the guest still running: fds (the registry's "fd" is the
 	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
 	chardev_export(vm->serial_chr, ho);
@@ -1057,6 +1110,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 
 	/* Phase 2: stop, capture, send. */
 	cs->stop_ns = now_ns();
+	trace_mark("stop");
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	ret = vm_pause(vm);
 	if (ret < 0) {
@@ -1076,8 +1130,10 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
 	ret = cpr_build_stream(vm, ho, cs, &b);
+	trace_mark("built");
 	if (ret == 0)
 		ret = xfer_send_msg(sock, &b, NULL, 0);
+	trace_mark("sent");
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
@@ -1113,12 +1169,14 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		goto out_fail;
 	}
 	/* 'R': from here on only the new side runs the guest. */
+	trace_mark("got-R");
 	send(sock, "G", 1, MSG_NOSIGNAL);
 	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
 	vm->handed_over = true;
+	trace_dump("old", cs->stop_ns);
 	ret = 0;
 	goto out;
 

@@ -74,6 +74,12 @@ void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6])
 	vm->migration.have_phases = true;
 }
 
+void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us)
+{
+	vm->migration.blackout_start_us = start_us;
+	vm->migration.blackout_end_us = end_us;
+}
+
 void migrate_failed(struct vm *vm, const char *why)
 {
 	struct migration *mig = &vm->migration;

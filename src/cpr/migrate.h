@@ -20,6 +20,9 @@ struct migration {
 	uint64_t transferred, total;
 	bool have_phases;
 	int64_t phases_us[6]; /* live update blackout, see cpr.c */
+	/* Live update: when the vCPUs stopped and when they ran again
+	 * (CLOCK_MONOTONIC, us; the same clock in every process here). */
+	int64_t blackout_start_us, blackout_end_us;
 	char error[256];
 };
 
@@ -32,6 +35,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
  * the guest back after a failed update. */
 void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason);
 void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6]);
+void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us);
 /* A cpr-exec that failed before exec(): the guest runs on, report it. */
 void migrate_failed(struct vm *vm, const char *why);
 const char *migrate_mode_name(enum migrate_mode m);

@@ -17,6 +17,7 @@
 #include "cpr/snapshot.h"
 #include "lib/crc32c.h"
 #include "lib/log.h"
+#include "lib/trace.h"
 #include "qmp/qmp.h"
 #include "state/state.h"
 #include "vcpu/vcpu_state.h"
@@ -316,6 +317,7 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 		goto out_free;
 	}
 	have_idx = true;
+	trace_mark("stream-parsed");
 	ret = stream_check_known(&idx, snapshot_known, cpr ? (void *)1 : NULL, why, sizeof(why));
 	if (ret < 0) {
 		set_err(err, errlen, ret, "%s", why);
@@ -356,6 +358,7 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 			goto out_free;
 		}
 	}
+	trace_mark("vcpus-loaded");
 	{
 		static const struct { const char *name; const struct state_desc *d; } vmsecs[] = {
 			{ "irqchip", &irqchip_state_desc },
@@ -511,6 +514,7 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err,
 	/* VM-wide devices first: the LAPICs restored next deliver into the
 	 * IOAPIC/PIC routing restored here. */
 	ret = vm_kvm_state_load(vm, &s->kvm, same_host);
+	trace_mark("vm-state-set");
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot restore irqchip/PIT/clock: %s", strerror(-ret));
 		return ret;
@@ -522,6 +526,7 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err,
 			return ret;
 		}
 	}
+	trace_mark("vcpus-set");
 	ret = serial_load(vm->serial, &s->serial);
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot restore the serial port: %s", strerror(-ret));

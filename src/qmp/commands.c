@@ -337,6 +337,13 @@ static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *op
 				json_object_set_new(ph, names[i], json_integer(mig->phases_us[i]));
 			json_object_set_new(r, "x-blackout-us", ph);
 		}
+		if (mig->blackout_end_us) {
+			/* When, on CLOCK_MONOTONIC: lets a local client place
+			 * the pause among what the guest saw. */
+			json_object_set_new(r, "x-blackout-monotonic-us",
+					    json_pack("[I,I]", (json_int_t)mig->blackout_start_us,
+						      (json_int_t)mig->blackout_end_us));
+		}
 	} else if (!strcmp(mig->status, "failed")) {
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	}

@@ -17,9 +17,11 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "lib/trace.h"
 #include "vm/vm_priv.h"
 
 #define VCPU_KICK_SIGNAL SIGUSR1
@@ -117,23 +119,78 @@ static bool vcpu_handle_exit(struct vcpu *v)
 	}
 }
 
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+bool spin_until(const bool *flag, bool want, unsigned max_us)
+{
+	uint64_t end = mono_us() + max_us;
+
+	for (unsigned n = 1;; n++) {
+		if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == want)
+			return true;
+		if (!(n % 64)) {
+			if (mono_us() >= end)
+				return false;
+			sched_yield(); /* whoever we wait for may need this CPU */
+		}
+		__builtin_ia32_pause();
+	}
+}
+
+/* A parked vCPU whose resume is imminent: waits on the CPU until the pause
+ * is lifted or the loop must end, for at most max_us. */
+static void vcpu_spin_parked(struct vcpu *v, bool runner, unsigned max_us)
+{
+	struct vm *vm = v->vm;
+	uint64_t end = mono_us() + max_us;
+
+	for (unsigned n = 1;; n++) {
+		if (!__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) ||
+		    __atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) ||
+		    (runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE)))
+			return;
+		if (!(n % 64)) {
+			if (mono_us() >= end)
+				return;
+			sched_yield();
+		}
+		__builtin_ia32_pause();
+	}
+}
+
 /* Parks while a pause is requested. Returns false if the loop must end. */
 static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
 	struct vm *vm = v->vm;
-	bool stop;
+	bool stop, spun = false;
 
+	trace_mark(runner ? "runner-parks" : "vcpu-parks");
 	pthread_mutex_lock(&vm->lock);
 	v->run->immediate_exit = 0;
 	v->parked = true;
 	vm->nr_parked++;
 	pthread_cond_broadcast(&vm->cond);
-	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit))
+	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit)) {
+		if (!for_good && !spun && vm->resume_soon) {
+			spun = true;
+			pthread_mutex_unlock(&vm->lock);
+			vcpu_spin_parked(v, runner, 20000);
+			pthread_mutex_lock(&vm->lock);
+			continue;
+		}
 		pthread_cond_wait(&vm->cond, &vm->lock);
+	}
 	stop = vm->stop_req || (runner && v->runner_exit);
 	vm->nr_parked--;
 	v->parked = false;
 	pthread_mutex_unlock(&vm->lock);
+	trace_mark("vcpu-unparked");
 	return !stop;
 }
 
@@ -189,6 +246,7 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 		}
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
+				trace_mark("vcpu-kicked");
 				/* A kick: re-arm KVM_RUN, then look at the flags
 				 * again. The kicker stores the flag before
 				 * immediate_exit, so clearing it here first

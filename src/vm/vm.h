@@ -51,6 +51,10 @@ int vm_start(struct vm *vm);
 void sched_idle_self(void);
 /* As vm_start, but the vCPUs park at once: state paused until vm_resume. */
 int vm_start_paused(struct vm *vm);
+/* vm_resume follows within about a millisecond (live update: the state is
+ * here): the parked vCPU threads get onto a CPU now and wait there, so the
+ * resume does not wait for them to be woken. */
+void vm_resume_soon(struct vm *vm);
 /* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */
 int vm_pause(struct vm *vm);
 /* Lets them run again. Emits RESUME. */

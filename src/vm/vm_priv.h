@@ -60,6 +60,10 @@ struct vm {
 	bool pause_req;
 	bool stop_req;
 	int nr_parked;
+	/* A resume is imminent (live update, state arriving): parked vCPU
+	 * threads wait on the CPU instead of sleeping, so that the resume
+	 * does not wait for an idle CPU to wake (see vm_resume_soon). */
+	bool resume_soon;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
@@ -82,6 +86,11 @@ void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why);
 int vcpu_init(struct vcpu *v, struct vm *vm, int id);
 int vcpu_start(struct vcpu *v);
 void vcpu_kick(struct vcpu *v);
+/* Waits on the CPU (pause instruction, yielding to other runnable tasks)
+ * until *flag == want or max_us have passed; true if it got there. For the
+ * live-update blackout, where the other side answers within microseconds
+ * and waking an idle CPU here costs ~0.1 ms. */
+bool spin_until(const bool *flag, bool want, unsigned max_us);
 void vcpu_destroy(struct vcpu *v);
 /* Live cpr-exec: every vCPU thread hands its vCPU to a runner process
  * (clone(CLONE_VM)); returns once all of them run the guest, or fails with
