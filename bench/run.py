@@ -617,7 +617,8 @@ def lu_measure(cons_before, update, since):
                window_gap_ms=max(ms for _, _, ms in gaps) if gaps else 0.0,
                # where the pause lies against the blackout's start (us)
                pause_span_us=(((gaps[k][0] - b0) / tsc_per_us(), (gaps[k][1] - b0) / tsc_per_us(),
-                               (b1 - b0) / tsc_per_us()) if k is not None else None))
+                               (b1 - b0) / tsc_per_us()) if k is not None else None),
+               gaps_at_us=[(round((g[0] - b0) / tsc_per_us()), g[2]) for g in gaps])
     quiet = [st for st in stalls_after(lines, since) if st[0] < t0][:2]
     after = stalls_after(lines, t0)[:2]
     base = max(us for _, us in quiet) / 1000.0

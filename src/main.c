@@ -227,7 +227,7 @@ int main(int argc, char **argv)
 	}
 	ret = vm_create(&m.vm, &cfg, loop, err, sizeof(err));
 	if (ret == 0 && snap) {
-		ret = snapshot_apply(snap, m.vm, false, err, sizeof(err));
+		ret = snapshot_apply(snap, m.vm, false, false, err, sizeof(err));
 		if (ret < 0)
 			vm_destroy(m.vm);
 	}

@@ -59,6 +59,7 @@ struct cpr_state {
 	uint32_t guest_paused; /* stopped by the user: stays stopped after */
 	uint32_t prev_argv_len; /* the old image's argv, NUL-separated */
 	char prev_argv[CPR_ARGV_MAX];
+	uint64_t resumed_ns; /* not sent: this side let the vCPUs go */
 };
 
 static const struct state_field cpr_fd_fields[] = {
@@ -215,17 +216,17 @@ static int keeper_main(void *p)
 /* The live-update stream, both modes: the machine with RAM handed over as an
  * fd, every device, the serial backend's unwritten bytes, the fd registry. */
 static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
-			    const struct cpr_state *cs, struct sbuf *b)
+			    const struct cpr_state *cs, const struct vcpu_state *captured,
+			    struct sbuf *b)
 {
 	struct machine_state ms;
 	int ret;
 
 	snapshot_machine(vm, &ms, RAM_IN_FD);
-	trace_mark("capture");
 	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, b)) < 0 || (trace_mark("devices"), 0) ||
+	    (ret = snapshot_put_devices(vm, b, captured)) < 0 ||
 	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
 				    STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)
@@ -336,7 +337,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	 * state, the exec and the new image's start-up. */
 	cs->captured_ns = now_ns();
 
-	ret = cpr_build_stream(vm, ho, cs, &b);
+	ret = cpr_build_stream(vm, ho, cs, NULL, &b);
 	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
 		goto out_resume;
@@ -500,6 +501,38 @@ static int xfer_fence(int sock, char *c)
 	return recv(sock, c, 1, MSG_DONTWAIT) == 1;
 }
 
+/* Batch: the new side's work before the stop (a process or image starting,
+ * the VM build) runs as SCHED_BATCH. Such a task gets its fair share of a
+ * CPU, but waking up it never preempts the task on it (kernel/sched/fair.c,
+ * wakeup preemption is for SCHED_NORMAL only), so it does not cut into a
+ * vCPU that runs the guest there meanwhile: on a host with few CPUs that
+ * was a guest-visible hiccup of ~1 ms before the update's own pause. It
+ * ends before 'P' for this task and the vCPU threads it made, which
+ * inherited it. Only a task at SCHED_NORMAL is touched: a policy the user
+ * chose stays. */
+static bool cpr_batch;
+
+static void cpr_batch_begin(void)
+{
+	struct sched_param sp = { 0 };
+
+	if (sched_getscheduler(0) == SCHED_OTHER && sched_setscheduler(0, SCHED_BATCH, &sp) == 0)
+		cpr_batch = true;
+}
+
+static void cpr_batch_end(struct vm *vm)
+{
+	struct sched_param sp = { 0 };
+
+	if (!cpr_batch)
+		return;
+	cpr_batch = false;
+	sched_setscheduler(0, SCHED_OTHER, &sp);
+	for (int i = 0; vm && i < vm->nr_vcpus; i++)
+		if (vm->vcpus[i].tid > 0)
+			sched_setscheduler(vm->vcpus[i].tid, SCHED_OTHER, &sp);
+}
+
 /* The blackout allocates on this task's heap: the state as structs (a vCPU
  * is ~72 KiB with its XSAVE area), the stream, the serial's pending bytes.
  * Fresh heap pages cost a fault on first touch, ~1-5 us each here: touch
@@ -507,7 +540,7 @@ static int xfer_fence(int sock, char *c)
  * (or from serving big blocks with new mappings). */
 static void cpr_warm_heap(int nr_cpus)
 {
-	size_t n = (1u << 20) + (size_t)nr_cpus * (160u << 10);
+	size_t n = (4u << 20) + (size_t)nr_cpus * (160u << 10);
 	void *p;
 
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
@@ -515,6 +548,9 @@ static void cpr_warm_heap(int nr_cpus)
 	p = malloc(n);
 	if (p) {
 		memset(p, 0, n);
+		/* The compiler may drop a malloc, memset, free it can see
+		 * through: this says the memory is looked at. */
+		__asm__ volatile("" : : "r"(p) : "memory");
 		free(p);
 	}
 }
@@ -686,7 +722,7 @@ static int cpr_build_vm(struct vm_config *cfg, struct loop *loop, const struct c
  * state into KVM and the devices, then (transfer) the handshake, and the
  * start. snap must come from a validated stream (snapshot_load_stream). */
 static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
-		      const struct cpr_state *cs, struct snapshot *snap,
+		      struct cpr_state *cs, struct snapshot *snap,
 		      const struct stream_index *idx, int sock, bool threads_parked,
 		      struct qmp_server **qmp, char *why, size_t whylen)
 {
@@ -704,11 +740,9 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	}
 	ho->listen_fd = dup_claim(cs, "serial0-listen");
 	ho->conn_fd = dup_claim(cs, "serial0-conn");
-	trace_mark("ho-got");
 	ret = vm_attach_serial(vm, ho, why, whylen);
 	if (ret < 0)
 		goto out;
-	trace_mark("serial-attached");
 	if (cfg->qmp_path) {
 		ret = qmp_server_new_fd(qmp, cfg->qmp_path, dup_claim(cs, "qmp"), loop, why,
 					whylen);
@@ -716,7 +750,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 			goto out;
 	}
 	trace_mark("devices-adopted");
-	ret = snapshot_apply(snap, vm, true, why, whylen);
+	ret = snapshot_apply(snap, vm, true, threads_parked, why, whylen);
 	if (ret < 0)
 		goto out;
 	if (*qmp) {
@@ -733,10 +767,15 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	}
 	trace_mark("sent-R");
 	/* Committed: the old side never runs the guest after 'R'. */
-	if (threads_parked)
+	if (threads_parked) {
 		ret = cs->guest_paused ? 0 : vm_resume(vm);
-	else
+		cs->resumed_ns = now_ns();
+		/* A vCPU thread waiting on this CPU goes first. */
+		sched_yield();
+	} else {
 		ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
+		cs->resumed_ns = now_ns();
+	}
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
 		goto out;
@@ -753,7 +792,7 @@ out:
 static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint64_t t_built,
 		     uint64_t t_applied, const char *rollback)
 {
-	uint64_t t_run = now_ns();
+	uint64_t t_run = cs->resumed_ns ? cs->resumed_ns : now_ns();
 	/* Blackout phases (us): stop (vCPUs out), prepare (keeper; stopped-first
 	 * cpr-exec only), handover (state read, then written and exec'd, or
 	 * sent), rebuild (stopped-first cpr-exec: KVM VM, memslots, vCPUs; the
@@ -761,6 +800,8 @@ static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint
 	 * the state), restore (state into KVM and devices; in the live modes
 	 * also "ready" and letting the parked vCPUs go), resume (vCPU threads
 	 * started, stopped-first cpr-exec). */
+	if (t_applied > t_run)
+		t_applied = t_run;
 	int64_t ph[6] = {
 		cs->paused_ns ? (int64_t)(cs->paused_ns - cs->stop_ns) / 1000 : 0,
 		cs->captured_ns ? (int64_t)(cs->captured_ns - cs->paused_ns) / 1000 : 0,
@@ -853,6 +894,22 @@ out:
  * runs them between two processes; live cpr-exec between the keeper (in the
  * old image's address space, which survives the exec) and the new image. */
 
+/* Jobs for the vCPU threads while parked (vcpu_jobs_post). */
+static int base_job_fn(struct vcpu *v, void *arg)
+{
+	struct vm *vm = v->vm;
+
+	(void)arg;
+	if (v->id == 0 && !vm->msr_indices)
+		vcpu_msr_list_probe(vm, v->fd, &vm->msr_indices, &vm->nr_msr_indices);
+	return vcpu_state_read_base(v);
+}
+
+static int capture_job_fn(struct vcpu *v, void *arg)
+{
+	return vcpu_state_capture_parked(v, arg);
+}
+
 /* New side. The registry lands in *cs (the way back, for a live cpr-exec).
  * On failure the old side has been told why, and resumes the guest. */
 static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cpr_state *cs,
@@ -908,9 +965,11 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow-build"))
 			sleep(2); /* the guest runs on meanwhile, on the old side */
 	}
+	trace_mark("p1-received");
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
 	if (ret < 0)
 		goto out_refuse;
+	trace_mark("vm-built");
 	cpr_warm_heap(cfg->nr_cpus);
 	/* The vCPU threads too: they park before their first instruction, and
 	 * cpr_finish only lets them go. */
@@ -919,6 +978,20 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		set_err(why, whylen, ret, "cannot start vCPU threads: %s", strerror(-ret));
 		goto out_refuse;
 	}
+	/* What the fresh vCPUs hold (a restore sets only what differs), and
+	 * the MSR list for this process's own next update, on the vCPU
+	 * threads, before the stop. */
+	{
+		void **args = calloc(vm->nr_vcpus, sizeof(*args));
+
+		if (args) {
+			vcpu_jobs_post(vm, base_job_fn, args);
+			vcpu_jobs_wait(vm); /* on failure, restores take the slow way */
+			free(args);
+		}
+	}
+	cpr_batch_end(vm);
+	trace_mark("P");
 	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out_refuse;
@@ -963,7 +1036,6 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		cs->captured_ns = cs2->captured_ns;
 		cs->guest_paused = cs2->guest_paused;
 		free(cs2);
-		trace_mark("registry");
 	}
 	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
 	if (ret < 0)
@@ -981,6 +1053,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	cpr_done(*vm_out, cs, t_adopt, t_built, now_ns(), getenv(CPR_ENV_ROLLBACK));
 	goto out;
 out_refuse:
+	cpr_batch_end(vm);
 	/* Tell the old side, which resumes the guest (or never stopped it). */
 	xfer_refuse(sock, why);
 	for (int i = 0; i < nfds; i++)
@@ -1031,6 +1104,7 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 		free(cs);
 		return ret;
 	}
+	cpr_batch_begin();
 	pr_info("cpr-transfer: waiting for the old process on %s", path);
 	sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	close(lfd);
@@ -1056,6 +1130,9 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 {
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	/* Filled by the vCPU threads as they park. */
+	struct vcpu_state *vstates = calloc(vm->nr_vcpus, sizeof(*vstates));
+	void **vargs = calloc(vm->nr_vcpus, sizeof(*vargs));
 	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
 	int ret, nfds = 0;
@@ -1063,10 +1140,12 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	bool stopped = false;
 	char c;
 
-	if (!cs || !ho) {
+	if (!cs || !ho || !vstates || !vargs) {
 		ret = set_err(why, whylen, -ENOMEM, "out of memory");
 		goto out;
 	}
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		vargs[i] = memset(&vstates[i], 0, sizeof(vstates[i])); /* touched now */
 	cpr_warm_heap(vm->nr_vcpus);
 	/* Phase 1, the guest still running: fds (the registry's "fd" is the
 	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
@@ -1112,12 +1191,20 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	cs->stop_ns = now_ns();
 	trace_mark("stop");
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
+	/* Each vCPU thread reads its own state as it parks. */
+	vcpu_jobs_post(vm, capture_job_fn, vargs);
 	ret = vm_pause(vm);
 	if (ret < 0) {
+		vcpu_jobs_wait(vm);
 		set_err(why, whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_fail;
 	}
 	stopped = true;
+	ret = vcpu_jobs_wait(vm);
+	if (ret < 0) {
+		set_err(why, whylen, ret, "cannot read the vCPUs' state: %s", strerror(-ret));
+		goto out_fail;
+	}
 	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
 		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
 
@@ -1129,11 +1216,22 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	cs->paused_ns = cs->captured_ns = now_ns();
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, ho);
-	ret = cpr_build_stream(vm, ho, cs, &b);
+	ret = cpr_build_stream(vm, ho, cs, vstates, &b);
 	trace_mark("built");
 	if (ret == 0)
 		ret = xfer_send_msg(sock, &b, NULL, 0);
 	trace_mark("sent");
+	/* Until the answer, and for good once the guest runs there, this task
+	 * must not take a CPU from the new side's vCPUs: woken by the answer
+	 * at normal priority it would preempt one of them. SCHED_BATCH (see
+	 * "Batch"), not SCHED_IDLE: with the guest's vCPUs busy on every CPU
+	 * an idle task would hardly run, and the old process must still end. */
+	if (ret == 0) {
+		struct sched_param sp = { 0 };
+
+		if (sched_getscheduler(0) == SCHED_OTHER)
+			sched_setscheduler(0, SCHED_BATCH, &sp);
+	}
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
@@ -1170,6 +1268,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	}
 	/* 'R': from here on only the new side runs the guest. */
 	trace_mark("got-R");
+	vcpu_all_batch(vm);
 	send(sock, "G", 1, MSG_NOSIGNAL);
 	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
 		pr_warn("live update: no confirmation from the new process (%s)", why);
@@ -1182,12 +1281,19 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 
 out_fail:
 	/* A failed outgoing update leaves the guest running here, as it was. */
+	{
+		struct sched_param sp = { 0 };
+
+		sched_setscheduler(0, SCHED_OTHER, &sp);
+	}
 	if (stopped) {
 		chardev_set_frozen(vm->serial_chr, false);
 		vm_resume(vm);
 	}
 out:
 	sbuf_free(&b);
+	free(vargs);
+	free(vstates);
 	free(ho);
 	free(cs);
 	return ret;
@@ -1345,10 +1451,16 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 	fcntl(sv[1], F_SETFD, 0);
 	fcntl(exefd, F_SETFD, 0);
 	pr_info("cpr-exec: %s", path);
+	/* The new image starts batch (see "Batch"); it ends that itself. */
+	cpr_batch_begin();
+	if (cpr_batch)
+		setenv(CPR_ENV_BATCH, "1", 1);
 	execv(path, argv);
 
 	/* Still here: the exec failed, and this image carries on. */
 	ret = -errno;
+	unsetenv(CPR_ENV_BATCH);
+	cpr_batch_end(NULL);
 	set_err(err, errlen, ret, "cpr-exec: cannot execute '%s': %s", path, strerror(-ret));
 	fcntl(exefd, F_SETFD, FD_CLOEXEC);
 	unsetenv(CPR_ENV_LIVE);
@@ -1388,6 +1500,10 @@ static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm
 	if (exefd >= 0)
 		fcntl(exefd, F_SETFD, FD_CLOEXEC);
 	unsetenv(CPR_ENV_LIVE);
+	if (getenv(CPR_ENV_BATCH)) { /* started batch: xfer_in ends it */
+		unsetenv(CPR_ENV_BATCH);
+		cpr_batch = sched_getscheduler(0) == SCHED_BATCH;
+	}
 	signal(SIGCHLD, SIG_IGN); /* the keeper and the runners reap themselves */
 	if (send(sock, "H", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(err, errlen, -EPIPE, "live update: the old image is gone");

@@ -26,6 +26,8 @@
 #define CPR_ENV_STATE "CPRVM_CPR_STATE"
 #define CPR_ENV_ROLLBACK "CPRVM_CPR_ROLLBACK"
 #define CPR_ENV_LIVE "CPRVM_CPR_LIVE" /* "SOCK,EXEFD": live cpr-exec (cpr.c) */
+/* Set when the old image made the exec SCHED_BATCH (cpr.c, "batch"). */
+#define CPR_ENV_BATCH "CPRVM_CPR_BATCH"
 
 struct vm;
 struct loop;

@@ -66,7 +66,7 @@ const struct state_desc *snapshot_desc_for(const char *section, void *opaque)
 
 /* --- save ---------------------------------------------------------------- */
 
-int snapshot_put_devices(struct vm *vm, struct sbuf *b)
+int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured)
 {
 	struct vm_kvm_state kvm;
 	struct serial_state ser;
@@ -74,15 +74,18 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b)
 	char name[32];
 	int ret = 0;
 
-	vs = malloc(sizeof(*vs));
-	if (!vs)
+	vs = captured ? NULL : malloc(sizeof(*vs));
+	if (!vs && !captured)
 		return -ENOMEM;
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		ret = vcpu_state_save(&vm->vcpus[i], vs);
-		if (ret < 0)
-			goto out;
+		if (!captured) {
+			ret = vcpu_state_save(&vm->vcpus[i], vs);
+			if (ret < 0)
+				goto out;
+		}
 		snprintf(name, sizeof(name), "vcpu/%d", i);
-		ret = stream_put_state(b, name, &vcpu_state_desc, vs, STREAM_SEC_REQUIRED);
+		ret = stream_put_state(b, name, &vcpu_state_desc, captured ? &captured[i] : vs,
+				       STREAM_SEC_REQUIRED);
 		if (ret < 0)
 			goto out;
 	}
@@ -125,7 +128,7 @@ static int snapshot_build_stream(struct vm *vm, const struct machine_state *ms, 
 	ret = stream_put_state(b, "machine", &machine_state_desc, ms, STREAM_SEC_REQUIRED);
 	if (ret < 0)
 		return ret;
-	ret = snapshot_put_devices(vm, b);
+	ret = snapshot_put_devices(vm, b, NULL);
 	if (ret < 0)
 		return ret;
 	return stream_writer_end(b);
@@ -317,7 +320,6 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 		goto out_free;
 	}
 	have_idx = true;
-	trace_mark("stream-parsed");
 	ret = stream_check_known(&idx, snapshot_known, cpr ? (void *)1 : NULL, why, sizeof(why));
 	if (ret < 0) {
 		set_err(err, errlen, ret, "%s", why);
@@ -358,7 +360,6 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 			goto out_free;
 		}
 	}
-	trace_mark("vcpus-loaded");
 	{
 		static const struct { const char *name; const struct state_desc *d; } vmsecs[] = {
 			{ "irqchip", &irqchip_state_desc },
@@ -507,23 +508,61 @@ out_free:
 	return ret;
 }
 
-int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err, size_t errlen)
+struct apply_job {
+	const struct vcpu_state *s;
+	bool same_host;
+};
+
+static int apply_job_fn(struct vcpu *v, void *arg)
+{
+	const struct apply_job *j = arg;
+
+	return vcpu_state_apply_parked(v, j->s, j->same_host);
+}
+
+int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vcpu_threads,
+		   char *err, size_t errlen)
 {
 	int ret;
 
 	/* VM-wide devices first: the LAPICs restored next deliver into the
 	 * IOAPIC/PIC routing restored here. */
 	ret = vm_kvm_state_load(vm, &s->kvm, same_host);
-	trace_mark("vm-state-set");
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot restore irqchip/PIT/clock: %s", strerror(-ret));
 		return ret;
 	}
-	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i], same_host);
+	if (on_vcpu_threads && s->nr_vcpus == (uint32_t)vm->nr_vcpus) {
+		/* Parked threads (live update): each restores its own vCPU. */
+		struct apply_job *jobs = calloc(s->nr_vcpus, sizeof(*jobs));
+		void **args = calloc(s->nr_vcpus, sizeof(*args));
+
+		if (!jobs || !args) {
+			free(jobs);
+			free(args);
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+			jobs[i] = (struct apply_job){ &s->vcpus[i], same_host };
+			args[i] = &jobs[i];
+		}
+		vcpu_jobs_post(vm, apply_job_fn, args);
+		ret = vcpu_jobs_wait(vm);
+		free(jobs);
+		free(args);
 		if (ret < 0) {
-			snprintf(err, errlen, "cannot restore vCPU %u: %s", i, strerror(-ret));
+			snprintf(err, errlen, "cannot restore the vCPUs: %s", strerror(-ret));
 			return ret;
+		}
+	} else {
+		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+			ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i], same_host);
+			if (ret < 0) {
+				snprintf(err, errlen, "cannot restore vCPU %u: %s", i,
+					 strerror(-ret));
+				return ret;
+			}
 		}
 	}
 	trace_mark("vcpus-set");

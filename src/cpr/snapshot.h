@@ -64,8 +64,9 @@ struct snapshot {
 
 /* The "machine" section for this VM. */
 void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode);
-/* Sections vcpu/N, irqchip, pit, clock, serial/0 (VM paused). */
-int snapshot_put_devices(struct vm *vm, struct sbuf *b);
+/* Sections vcpu/N, irqchip, pit, clock, serial/0 (VM paused). The vCPUs'
+ * state is read now, or was (captured: one per vCPU). */
+int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured);
 /* Parses and validates a whole stream into s (machine checked against cfg,
  * every device section loaded); *idx stays valid for more sections (the
  * caller frees it). cpr: also accept the live-update sections. */
@@ -92,8 +93,10 @@ int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out
 		  size_t errlen);
 /* Applies a validated snapshot to a VM built by vm_create(cfg). */
 /* same_host: restore the TSC offset and kvmclock against real time (live
- * update); otherwise the guest's clocks resume where they stopped. */
-int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, char *err, size_t errlen);
+ * update); otherwise the guest's clocks resume where they stopped.
+ * on_vcpu_threads: the vCPU threads are parked and restore their own. */
+int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vcpu_threads,
+		   char *err, size_t errlen);
 void snapshot_free(struct snapshot *s);
 
 #endif

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "lib/log.h"
 #include "lib/trace.h"
@@ -14,6 +15,7 @@ bool trace_on;
 static struct {
 	const char *what;
 	uint64_t ns;
+	long minflt;
 } marks[TRACE_MAX];
 static unsigned nr_marks;
 
@@ -32,6 +34,11 @@ void trace_mark_slow(const char *what)
 	if (i >= TRACE_MAX)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	{
+		struct rusage ru;
+		getrusage(RUSAGE_THREAD, &ru);
+		marks[i].minflt = ru.ru_minflt;
+	}
 	marks[i].ns = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 	__atomic_store_n(&marks[i].what, what, __ATOMIC_RELEASE);
 }
@@ -52,8 +59,8 @@ void trace_dump(const char *who, uint64_t t0_ns)
 			(unsigned long long)t0_ns);
 	for (unsigned i = 0; i < n && off < sizeof(line); i++) {
 		const char *w = __atomic_load_n(&marks[i].what, __ATOMIC_ACQUIRE);
-		off += snprintf(line + off, sizeof(line) - off, " %+.0f:%s",
-				((double)marks[i].ns - (double)t0_ns) / 1000.0, w ? w : "?");
+		off += snprintf(line + off, sizeof(line) - off, " %+.0f:%s/%ld",
+				((double)marks[i].ns - (double)t0_ns) / 1000.0, w ? w : "?", marks[i].minflt);
 		marks[i].what = NULL;
 	}
 	pr_warn("%s", line);

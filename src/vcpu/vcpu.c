@@ -127,62 +127,131 @@ static uint64_t mono_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Waits on the CPU while cond holds, yielding now and then to whoever we
+ * wait for, until end_us (mono_us); false on time-out. */
+#define SPIN_WHILE(cond, end_us)                                   \
+	({                                                         \
+		bool ok_ = true;                                   \
+		for (unsigned n_ = 1; (cond); n_++) {              \
+			if (!(n_ % 64)) {                          \
+				if (mono_us() >= (end_us)) {       \
+					ok_ = false;               \
+					break;                     \
+				}                                  \
+				sched_yield();                     \
+			}                                          \
+			__builtin_ia32_pause();                    \
+		}                                                  \
+		ok_;                                               \
+	})
+
 bool spin_until(const bool *flag, bool want, unsigned max_us)
 {
 	uint64_t end = mono_us() + max_us;
 
-	for (unsigned n = 1;; n++) {
-		if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) == want)
-			return true;
-		if (!(n % 64)) {
-			if (mono_us() >= end)
-				return false;
-			sched_yield(); /* whoever we wait for may need this CPU */
-		}
-		__builtin_ia32_pause();
-	}
+	return SPIN_WHILE(__atomic_load_n(flag, __ATOMIC_ACQUIRE) != want, end);
 }
 
 /* A parked vCPU whose resume is imminent: waits on the CPU until the pause
- * is lifted or the loop must end, for at most max_us. */
-static void vcpu_spin_parked(struct vcpu *v, bool runner, unsigned max_us)
+ * is lifted, the loop must end or there is a job, until end (mono_us). */
+static void vcpu_spin_parked(struct vcpu *v, bool runner, uint64_t end)
 {
 	struct vm *vm = v->vm;
-	uint64_t end = mono_us() + max_us;
 
-	for (unsigned n = 1;; n++) {
-		if (!__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) ||
-		    __atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) ||
-		    (runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE)))
-			return;
-		if (!(n % 64)) {
-			if (mono_us() >= end)
-				return;
-			sched_yield();
-		}
-		__builtin_ia32_pause();
+	SPIN_WHILE(__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) &&
+			   !__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) &&
+			   !__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
+			   !(runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE)),
+		   end);
+}
+
+/* Runs the posted job, if any (on this vCPU's thread or runner, parked). */
+static void vcpu_do_job(struct vcpu *v)
+{
+	int (*fn)(struct vcpu *, void *) = __atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE);
+
+	if (!fn || __atomic_exchange_n(&v->job_claimed, true, __ATOMIC_ACQ_REL))
+		return;
+	trace_mark("job");
+	v->job_ret = fn(v, v->job_arg);
+	trace_mark("job-done");
+	pthread_mutex_lock(&v->vm->lock);
+	__atomic_store_n(&v->job_fn, NULL, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&v->vm->cond);
+	pthread_mutex_unlock(&v->vm->lock);
+}
+
+void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args)
+{
+	pthread_mutex_lock(&vm->lock);
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		v->job_arg = args[i];
+		v->job_ret = 0;
+		v->job_claimed = false;
+		__atomic_store_n(&v->job_fn, fn, __ATOMIC_RELEASE);
 	}
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+int vcpu_jobs_wait(struct vm *vm)
+{
+	int ret = 0;
+
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		uint64_t end = mono_us() + 5000;
+
+		/* Each job is a handful of ioctls: wait on the CPU first. */
+		SPIN_WHILE(__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
+				   !__atomic_load_n(&v->exited, __ATOMIC_ACQUIRE),
+			   end);
+		pthread_mutex_lock(&vm->lock);
+		while (__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
+		       !v->exited)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+		pthread_mutex_unlock(&vm->lock);
+		vcpu_do_job(v); /* no thread to run it (any more): here */
+		if (v->job_ret < 0 && !ret)
+			ret = v->job_ret;
+	}
+	return ret;
 }
 
 /* Parks while a pause is requested. Returns false if the loop must end. */
 static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
 	struct vm *vm = v->vm;
-	bool stop, spun = false;
+	uint64_t spin_end = 0;
+	bool stop;
 
 	trace_mark(runner ? "runner-parks" : "vcpu-parks");
+	/* A job posted with the pause (state capture) runs before this vCPU
+	 * counts as parked: whoever paused finds it done. */
+	vcpu_do_job(v);
 	pthread_mutex_lock(&vm->lock);
 	v->run->immediate_exit = 0;
 	v->parked = true;
 	vm->nr_parked++;
 	pthread_cond_broadcast(&vm->cond);
 	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit)) {
-		if (!for_good && !spun && vm->resume_soon) {
-			spun = true;
+		if (v->job_fn) {
 			pthread_mutex_unlock(&vm->lock);
-			vcpu_spin_parked(v, runner, 20000);
+			vcpu_do_job(v);
 			pthread_mutex_lock(&vm->lock);
 			continue;
+		}
+		if (!for_good && vm->resume_soon) {
+			if (!spin_end)
+				spin_end = mono_us() + 20000;
+			if (mono_us() < spin_end) {
+				pthread_mutex_unlock(&vm->lock);
+				vcpu_spin_parked(v, runner, spin_end);
+				pthread_mutex_lock(&vm->lock);
+				continue;
+			}
 		}
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	}
@@ -246,7 +315,6 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 		}
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
-				trace_mark("vcpu-kicked");
 				/* A kick: re-arm KVM_RUN, then look at the flags
 				 * again. The kicker stores the flag before
 				 * immediate_exit, so clearing it here first
@@ -283,6 +351,7 @@ static void *vcpu_thread(void *arg)
 
 	snprintf(name, sizeof(name), "vcpu%d", v->id);
 	pthread_setname_np(pthread_self(), name);
+	__atomic_store_n(&v->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
 	sigemptyset(&set);
 	sigaddset(&set, VCPU_KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
@@ -427,6 +496,20 @@ void sched_idle_self(void)
 	struct sched_param sp = { 0 };
 
 	sched_setscheduler(0, SCHED_IDLE, &sp);
+}
+
+void vcpu_all_batch(struct vm *vm)
+{
+	struct sched_param sp = { 0 };
+
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		int tid = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
+
+		if (tid <= 0)
+			tid = __atomic_load_n(&vm->vcpus[i].tid, __ATOMIC_ACQUIRE);
+		if (tid > 0 && sched_getscheduler(tid) == SCHED_OTHER)
+			sched_setscheduler(tid, SCHED_BATCH, &sp);
+	}
 }
 
 void vcpu_runners_end(struct vm *vm)

@@ -56,6 +56,13 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
+/* The same, on the vCPU's own thread while it is parked (vcpu_jobs_post):
+ * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
+ * what equals the fresh vCPU's base is not set again). */
+int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s);
+int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host);
+/* Reads a fresh vCPU's base (before its restore, off the critical path). */
+int vcpu_state_read_base(struct vcpu *v);
 int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s);
 int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_host);
 

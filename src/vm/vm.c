@@ -307,7 +307,7 @@ int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
 		mem_close(&vm->mem, true);
 		vm->mem = mem;
 	}
-	ret = snapshot_apply(snap, vm, false, err, errlen);
+	ret = snapshot_apply(snap, vm, false, false, err, errlen);
 	if (ret < 0)
 		goto out;
 	ret = vm_start(vm);
@@ -349,7 +349,17 @@ int vm_start_paused(struct vm *vm)
 	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
 	ret = vm_start(vm);
 	vm->state = RUN_STATE_PAUSED;
-	return ret;
+	if (ret < 0)
+		return ret;
+	/* And have, when this returns: a thread still starting would compete
+	 * for the CPUs later, in a live update's blackout. */
+	pthread_mutex_lock(&vm->lock);
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		while (vm->vcpus[i].thread_started && !vm->vcpus[i].parked &&
+		       !vm->vcpus[i].exited)
+			pthread_cond_wait(&vm->cond, &vm->lock);
+	pthread_mutex_unlock(&vm->lock);
+	return 0;
 }
 
 /* --- build and teardown -------------------------------------------------- */
@@ -553,6 +563,11 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	}
 	/* What vCPU state looks like here, probed once for save/restore. */
 	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
+	tsc = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+	vm->have_sync_regs = tsc > 0 && (tsc & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS |
+						KVM_SYNC_X86_EVENTS)) ==
+					       (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS |
+						KVM_SYNC_X86_EVENTS);
 	tsc = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
 	vm->xsave_size = tsc > (int)sizeof(struct kvm_xsave) ? (uint32_t)tsc : sizeof(struct kvm_xsave);
 	/* The MSR list is probed at the first save (vcpu_state_save): a few

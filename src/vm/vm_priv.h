@@ -22,6 +22,7 @@ struct vcpu {
 	struct kvm_run *run;
 	size_t run_size;
 	pthread_t thread;
+	int tid; /* the thread's, once it runs */
 	bool thread_started;
 	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
 	bool exited; /* thread returned (guarded by vm->lock) */
@@ -32,6 +33,23 @@ struct vcpu {
 	bool runner_live; /* the runner runs the loop (guarded by vm->lock) */
 	bool runner_failed;
 	bool runner_exit; /* runner: give the vCPU back to its thread */
+	/* Work for the thread while it is parked (vcpu_jobs_run): KVM's vCPU
+	 * ioctls cost ~11 us each here and more from another CPU, so state
+	 * capture and restore run on the vCPU's own thread, all vCPUs at
+	 * once. NULL once done. */
+	int (*job_fn)(struct vcpu *v, void *arg);
+	void *job_arg;
+	int job_ret;
+	bool job_claimed; /* whoever runs it (its thread, or the poster) */
+	/* A fresh vCPU's state where a restore usually leaves it alone
+	 * (vcpu_state_read_base): equal parts are not set again. */
+	struct {
+		bool valid;
+		struct kvm_mp_state mp_state;
+		struct kvm_xcrs xcrs;
+		struct kvm_debugregs debugregs;
+		uint64_t apic_base;
+	} base;
 };
 
 struct vm {
@@ -46,6 +64,7 @@ struct vm {
 	uint32_t tsc_khz;
 	/* What vCPU state looks like on this host (vcpu_state.c). */
 	bool have_sregs2;
+	bool have_sync_regs; /* KVM_CAP_SYNC_REGS with regs, sregs and events */
 	uint32_t xsave_size;
 	uint32_t *msr_indices;
 	uint32_t nr_msr_indices;
@@ -91,6 +110,12 @@ void vcpu_kick(struct vcpu *v);
  * live-update blackout, where the other side answers within microseconds
  * and waking an idle CPU here costs ~0.1 ms. */
 bool spin_until(const bool *flag, bool want, unsigned max_us);
+/* Posts fn(v, args[i]) to every vCPU thread, run once it is parked (at
+ * once if it already is), in parallel. vcpu_jobs_wait waits for all of
+ * them and returns the first error. A vCPU without a live thread runs
+ * its job on the caller. */
+void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args);
+int vcpu_jobs_wait(struct vm *vm);
 void vcpu_destroy(struct vcpu *v);
 /* Live cpr-exec: every vCPU thread hands its vCPU to a runner process
  * (clone(CLONE_VM)); returns once all of them run the guest, or fails with
@@ -100,6 +125,10 @@ int vcpu_runners_start(struct vm *vm);
 void vcpu_runners_stop(struct vm *vm);
 /* After the threads are gone (the image exec()ed): the runners end. */
 void vcpu_runners_end(struct vm *vm);
+/* The guest runs elsewhere now: every vCPU thread or runner of this VM
+ * (parked) goes SCHED_BATCH, so that waking them to end them does not
+ * preempt the guest's new vCPUs. */
+void vcpu_all_batch(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
 void vcpu_describe(struct vcpu *v, char *buf, size_t len);
 
