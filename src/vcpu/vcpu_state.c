@@ -209,10 +209,12 @@ static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
 	return 0;
 }
 
+static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host,
+			  bool skip_base);
+
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 {
 	struct vm *vm = v->vm;
-	struct kvm_msrs *buf;
 	int ret;
 
 	/* Order as Firecracker restores (src/vmm/src/arch/x86_64/vcpu.rs):
@@ -233,13 +235,32 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 	} else if (ioctl(v->fd, KVM_SET_SREGS, &s->sregs) < 0) {
 		return -errno;
 	}
+	ret = vcpu_load_rest(v, s, same_host, false);
+	if (ret < 0)
+		return ret;
+	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
+		return -errno;
+	return 0;
+}
+
+/* XSAVE, XCRs, debug registers, LAPIC, MSRs, TSC offset, in that order.
+ * skip_base: leave out what equals the fresh vCPU's base. */
+static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host,
+			  bool skip_base)
+{
+	struct vm *vm = v->vm;
+	struct kvm_msrs *buf;
+	int ret;
+
 	if (s->xsave_len > vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
 		return -EOPNOTSUPP;
 	if (ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0)
 		return -errno;
-	if (ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
+	if (!(skip_base && !memcmp(&s->xcrs, &v->base.xcrs, sizeof(s->xcrs))) &&
+	    ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
 		return -errno;
-	if (ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
+	if (!(skip_base && !memcmp(&s->debugregs, &v->base.debugregs, sizeof(s->debugregs))) &&
+	    ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
 		return -errno;
 	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
 		return -errno;
@@ -264,8 +285,6 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 		if (ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0)
 			return -errno;
 	}
-	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
-		return -errno;
 	return 0;
 }
 
@@ -409,7 +428,6 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	struct vm *vm = v->vm;
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	const bool base = v->base.valid;
-	struct kvm_msrs *buf;
 	struct kvm_sregs sregs;
 	bool sync;
 	int ret;
@@ -454,36 +472,9 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 		    ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
 			return -errno;
 	}
-	if (s->xsave_len > vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
-		return -EOPNOTSUPP;
-	if (ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0)
-		return -errno;
-	if (memcmp(&s->xcrs, &v->base.xcrs, sizeof(s->xcrs)) &&
-	    ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
-		return -errno;
-	if (memcmp(&s->debugregs, &v->base.debugregs, sizeof(s->debugregs)) &&
-	    ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
-		return -errno;
-	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
-		return -errno;
-	if (s->nr_msrs > VCPU_MAX_MSRS)
-		return -EINVAL;
-	buf = msrs_alloc(s->nr_msrs);
-	if (!buf)
-		return -ENOMEM;
-	buf->nmsrs = s->nr_msrs;
-	memcpy(buf->entries, s->msrs, s->nr_msrs * sizeof(buf->entries[0]));
-	ret = ioctl(v->fd, KVM_SET_MSRS, buf);
-	free(buf);
-	if (ret != (int)s->nr_msrs)
-		return ret < 0 ? -errno : -EIO;
-	if (same_host && s->have_tsc_offset) {
-		struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
-						 .attr = KVM_VCPU_TSC_OFFSET,
-						 .addr = (uintptr_t)&s->tsc_offset };
-		if (ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0)
-			return -errno;
-	}
+	ret = vcpu_load_rest(v, s, same_host, true);
+	if (ret < 0)
+		return ret;
 	/* Whatever set them, the base values are gone now. */
 	v->base.valid = false;
 	if (!sync)

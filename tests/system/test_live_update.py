@@ -66,9 +66,16 @@ def test_cpr_exec_keeps_guest(vms, cpus):
     pid = vm.proc.pid
     passes = {}
     for _ in range(5):
+        t0 = time.monotonic()
         m, st = cpr_exec(vm)
+        t1 = time.monotonic()
         assert m["status"] == "completed", m
         assert st["status"] == "running"
+        # When the vCPUs stopped and ran again, on the clock a local client
+        # reads too: inside the update, and as long as the downtime.
+        start, end = m["x-blackout-monotonic-us"]
+        assert t0 * 1e6 <= start <= end <= t1 * 1e6
+        assert abs((end - start) - m["x-downtime-us"]) <= 1
         assert vm.proc.poll() is None and vm.proc.pid == pid
         n = vm.serial.count()
         vm.serial.wait(r"^HB \d+$", start=n + 5)
