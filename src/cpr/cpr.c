@@ -750,6 +750,11 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 			goto out;
 	}
 	trace_mark("devices-adopted");
+	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "refuse-late")) {
+		/* Rollback tests: a refusal after the sockets were adopted. */
+		ret = set_err(why, whylen, -EINVAL, "refused for the test, with the sockets adopted");
+		goto out;
+	}
 	ret = snapshot_apply(snap, vm, true, threads_parked, why, whylen);
 	if (ret < 0)
 		goto out;
@@ -1058,8 +1063,10 @@ out_refuse:
 	xfer_refuse(sock, why);
 	for (int i = 0; i < nfds; i++)
 		close(fds[i]);
-	if (qmp)
+	if (qmp) {
+		qmp_server_release_path(qmp); /* the file is the old side's */
 		qmp_server_free(qmp);
+	}
 	if (vm)
 		vm_destroy(vm);
 	cs->nr_fds = 0;

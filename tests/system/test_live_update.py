@@ -328,8 +328,8 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus):
                 p.wait()
 
 
-@pytest.mark.parametrize("case", ["killed-before", "killed-after-fds", "refuses", "hangs",
-                                  "hangs-with-state"])
+@pytest.mark.parametrize("case", ["killed-before", "killed-after-fds", "refuses", "refuses-late",
+                                  "hangs", "hangs-with-state"])
 def test_cpr_transfer_rollback(vms, tmp_path, case):
     # The old process gives the new one 2 s to answer instead of 10.
     vm = vms(cmdline="heartbeat=5000 verify=32", memory="256M",
@@ -347,6 +347,10 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
     elif case == "refuses":
         args = list(vm.args)
         args[args.index("--cpus") + 1] = "2"
+    elif case == "refuses-late":
+        # It refuses after it has taken on the serial and QMP sockets: the
+        # old process must still have them, files included.
+        env = {"CPRVM_TEST_XFER_FAULT": "refuse-late"}
     new, inc = start_incoming(vm, tmp_path, 0, args=args, env=env)
     try:
         if case == "killed-before":
@@ -365,6 +369,8 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
         assert vm.proc.poll() is None
         if case == "refuses":
             assert "--cpus" in m["error-desc"]
+        if case == "refuses-late":
+            assert "for the test" in m["error-desc"], m
         if case == "hangs-with-state":
             assert "killed" in m["error-desc"], m
             assert new.wait(5) == -9
