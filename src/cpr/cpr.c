@@ -738,12 +738,16 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		ret = set_err(why, whylen, -EINVAL, "state does not hand over RAM as an fd");
 		goto out;
 	}
-	ho->listen_fd = dup_claim(cs, "serial0-listen");
-	ho->conn_fd = dup_claim(cs, "serial0-conn");
-	ret = vm_attach_serial(vm, ho, why, whylen);
-	if (ret < 0)
-		goto out;
-	if (cfg->qmp_path) {
+	if (vm->serial_chr) {
+		chardev_adopt_finish(vm->serial_chr, ho); /* adopted before the stop */
+	} else {
+		ho->listen_fd = dup_claim(cs, "serial0-listen");
+		ho->conn_fd = dup_claim(cs, "serial0-conn");
+		ret = vm_attach_serial(vm, ho, why, whylen);
+		if (ret < 0)
+			goto out;
+	}
+	if (cfg->qmp_path && !*qmp) {
 		ret = qmp_server_new_fd(qmp, cfg->qmp_path, dup_claim(cs, "qmp"), loop, why,
 					whylen);
 		if (ret < 0)
@@ -975,7 +979,6 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	if (ret < 0)
 		goto out_refuse;
 	trace_mark("vm-built");
-	cpr_warm_heap(cfg->nr_cpus);
 	/* The vCPU threads too: they park before their first instruction, and
 	 * cpr_finish only lets them go. */
 	ret = vm_start_paused(vm);
@@ -995,6 +998,31 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 			free(args);
 		}
 	}
+	/* The serial port and the QMP socket too: their fds came with phase
+	 * 1, and nothing reads them before the loop runs. What phase 2 knows
+	 * (a pty's reader, output not yet written) is added then. */
+	{
+		struct chardev_handover *ho = calloc(1, sizeof(*ho));
+
+		if (!ho) {
+			ret = set_err(why, whylen, -ENOMEM, "out of memory");
+			goto out_refuse;
+		}
+		ho->listen_fd = dup_claim(cs, "serial0-listen");
+		ho->conn_fd = dup_claim(cs, "serial0-conn");
+		ho->connected = ho->conn_fd >= 0;
+		ret = vm_attach_serial(vm, ho, why, whylen);
+		free(ho);
+		if (ret < 0)
+			goto out_refuse;
+	}
+	if (cfg->qmp_path) {
+		ret = qmp_server_new_fd(&qmp, cfg->qmp_path, dup_claim(cs, "qmp"), loop, why,
+					whylen);
+		if (ret < 0)
+			goto out_refuse;
+	}
+	cpr_warm_heap(cfg->nr_cpus); /* last: what phase 1 allocated is not in it */
 	cpr_batch_end(vm);
 	trace_mark("P");
 	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {

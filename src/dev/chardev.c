@@ -464,13 +464,7 @@ int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
 	default:
 		break;
 	}
-	pthread_mutex_lock(&c->lock);
-	if (c->connected && h->pending_len <= CHARDEV_OUTBUF_MAX) {
-		memcpy(c->outbuf, h->pending, h->pending_len);
-		c->outlen = h->pending_len;
-		chardev_update_watch(c);
-	}
-	pthread_mutex_unlock(&c->lock);
+	chardev_adopt_finish(c, h);
 	*out = c;
 	return 0;
 out_err:
@@ -488,6 +482,27 @@ out_free:
 		c->spec.kind = CHARDEV_NONE;
 	chardev_close(c);
 	return ret;
+}
+
+void chardev_adopt_finish(struct chardev *c, const struct chardev_handover *h)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->spec.kind == CHARDEV_PTY && c->conn_fd >= 0 && !!h->connected != c->connected) {
+		int fd = c->conn_fd;
+
+		if (h->connected) {
+			chardev_connect_locked(c, fd);
+		} else {
+			chardev_disconnect_locked(c);
+			c->conn_fd = fd; /* the master stays ours */
+		}
+	}
+	if (c->connected && h->pending_len <= CHARDEV_OUTBUF_MAX) {
+		memcpy(c->outbuf, h->pending, h->pending_len);
+		c->outlen = h->pending_len;
+		chardev_update_watch(c);
+	}
+	pthread_mutex_unlock(&c->lock);
 }
 
 int chardev_open(struct chardev **out, const struct chardev_spec *spec, struct loop *loop,

@@ -60,6 +60,10 @@ void chardev_export(struct chardev *c, struct chardev_handover *h);
 /* Like chardev_open, but over the fds of h (stdio and none open anew). */
 int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
 		  const struct chardev_handover *h, struct loop *loop, char *err, size_t errlen);
+/* The rest of a hand-over whose fds were adopted early (live update: before
+ * the stop, with h's state not known yet): whether a pty had a reader, and
+ * the output not yet written, from the final h. */
+void chardev_adopt_finish(struct chardev *c, const struct chardev_handover *h);
 
 /* Set while a live update is being taken over: a failure must leave the
  * socket files for the previous binary, which still owns them. */
