@@ -770,6 +770,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		}
 		cpr_set_qmp_fd(qmp_server_listen_fd(*qmp));
 	}
+	__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 	if (sock >= 0 && send(sock, "R", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out;

@@ -158,11 +158,21 @@ static void vcpu_spin_parked(struct vcpu *v, bool runner, uint64_t end)
 {
 	struct vm *vm = v->vm;
 
-	SPIN_WHILE(__atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) &&
-			   !__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) &&
-			   !__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
-			   !(runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE)),
-		   end);
+	for (unsigned n = 1; __atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) &&
+			     !__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) &&
+			     !__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
+			     !(runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE));
+	     n++) {
+		if (!(n % 64)) {
+			int waker = __atomic_load_n(&vm->waker_cpu, __ATOMIC_ACQUIRE);
+
+			if (mono_us() >= end)
+				return;
+			if (waker < 0 || waker == sched_getcpu())
+				sched_yield();
+		}
+		__builtin_ia32_pause();
+	}
 }
 
 /* Runs the posted job, if any (on this vCPU's thread or runner, parked). */
@@ -204,6 +214,7 @@ int vcpu_jobs_wait(struct vm *vm)
 		struct vcpu *v = &vm->vcpus[i];
 		uint64_t end = mono_us() + 5000;
 
+		__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 		/* Each job is a handful of ioctls: wait on the CPU first. */
 		SPIN_WHILE(__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
 				   !__atomic_load_n(&v->exited, __ATOMIC_ACQUIRE),

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,7 @@ int vm_resume(struct vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	__atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
 	vm->resume_soon = false;
+	__atomic_store_n(&vm->waker_cpu, -1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	vm->state = RUN_STATE_RUNNING;
@@ -336,6 +338,7 @@ int vm_start(struct vm *vm)
 void vm_resume_soon(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
+	__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 	__atomic_store_n(&vm->resume_soon, true, __ATOMIC_SEQ_CST);
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
@@ -454,6 +457,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	vm->state = RUN_STATE_PRELAUNCH;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
+	vm->waker_cpu = -1;
 
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0) {

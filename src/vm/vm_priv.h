@@ -83,6 +83,11 @@ struct vm {
 	 * threads wait on the CPU instead of sleeping, so that the resume
 	 * does not wait for an idle CPU to wake (see vm_resume_soon). */
 	bool resume_soon;
+	/* The CPU the thread that will lift the pause last said it ran on
+	 * (-1: not known). A waiting vCPU thread yields only there: elsewhere
+	 * yielding would hand its CPU to any task that woke meanwhile, and
+	 * the resume would wait for that task. */
+	int waker_cpu;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
