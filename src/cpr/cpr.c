@@ -508,8 +508,9 @@ static int xfer_fence(int sock, char *c)
  * vCPU that runs the guest there meanwhile: on a host with few CPUs that
  * was a guest-visible hiccup of ~1 ms before the update's own pause. It
  * ends before 'P' for this task and the vCPU threads it made, which
- * inherited it. Only a task at SCHED_NORMAL is touched: a policy the user
- * chose stays. */
+ * inherited it. The old side's task goes batch too once the state is sent,
+ * and back if the update fails. Only a task at SCHED_NORMAL is touched: a
+ * policy the user chose stays. */
 static bool cpr_batch;
 
 static void cpr_batch_begin(void)
@@ -907,11 +908,8 @@ out:
 /* Jobs for the vCPU threads while parked (vcpu_jobs_post). */
 static int base_job_fn(struct vcpu *v, void *arg)
 {
-	struct vm *vm = v->vm;
-
 	(void)arg;
-	if (v->id == 0 && !vm->msr_indices)
-		vcpu_msr_list_probe(vm, v->fd, &vm->msr_indices, &vm->nr_msr_indices);
+	vcpu_msr_list_ensure(v); /* else the first capture probes */
 	return vcpu_state_read_base(v);
 }
 
@@ -1262,12 +1260,8 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	 * at normal priority it would preempt one of them. SCHED_BATCH (see
 	 * "Batch"), not SCHED_IDLE: with the guest's vCPUs busy on every CPU
 	 * an idle task would hardly run, and the old process must still end. */
-	if (ret == 0) {
-		struct sched_param sp = { 0 };
-
-		if (sched_getscheduler(0) == SCHED_OTHER)
-			sched_setscheduler(0, SCHED_BATCH, &sp);
-	}
+	if (ret == 0)
+		cpr_batch_begin();
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
@@ -1317,11 +1311,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 
 out_fail:
 	/* A failed outgoing update leaves the guest running here, as it was. */
-	{
-		struct sched_param sp = { 0 };
-
-		sched_setscheduler(0, SCHED_OTHER, &sp);
-	}
+	cpr_batch_end(NULL);
 	if (stopped) {
 		chardev_set_frozen(vm->serial_chr, false);
 		vm_resume(vm);

@@ -126,6 +126,29 @@ out:
 	return ret;
 }
 
+int vcpu_msr_list_ensure(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	uint32_t *list = NULL, nr = 0;
+	int ret;
+
+	if (__atomic_load_n(&vm->msr_indices, __ATOMIC_ACQUIRE))
+		return 0;
+	/* Every vCPU thread may get here at once: one list wins. */
+	ret = vcpu_msr_list_probe(vm, v->fd, &list, &nr);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&vm->lock);
+	if (!vm->msr_indices) {
+		vm->nr_msr_indices = nr; /* before the list shows */
+		__atomic_store_n(&vm->msr_indices, list, __ATOMIC_RELEASE);
+		list = NULL;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	free(list);
+	return 0;
+}
+
 static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s);
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
@@ -133,12 +156,9 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 	struct vm *vm = v->vm;
 	int ret;
 
-	if (!vm->msr_indices) {
-		ret = vcpu_msr_list_probe(vm, vm->vcpus[0].fd, &vm->msr_indices,
-					  &vm->nr_msr_indices);
-		if (ret < 0)
-			return ret;
-	}
+	ret = vcpu_msr_list_ensure(v);
+	if (ret < 0)
+		return ret;
 	memset(s, 0, offsetof(struct vcpu_state, xsave));
 	/* MP state first: a vCPU still waiting for SIPI has nothing else
 	 * meaningful, and KVM_GET_MP_STATE also flushes pending APIC events
@@ -363,22 +383,9 @@ int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 
 	if (!vm->have_sync_regs)
 		return vcpu_state_save(v, s);
-	if (!__atomic_load_n(&vm->msr_indices, __ATOMIC_ACQUIRE)) {
-		/* Every vCPU thread may get here at once: one list wins. */
-		uint32_t *list = NULL, nr = 0;
-
-		ret = vcpu_msr_list_probe(vm, v->fd, &list, &nr);
-		if (ret < 0)
-			return ret;
-		pthread_mutex_lock(&vm->lock);
-		if (!vm->msr_indices) {
-			vm->nr_msr_indices = nr; /* before the list shows */
-			__atomic_store_n(&vm->msr_indices, list, __ATOMIC_RELEASE);
-			list = NULL;
-		}
-		pthread_mutex_unlock(&vm->lock);
-		free(list);
-	}
+	ret = vcpu_msr_list_ensure(v);
+	if (ret < 0)
+		return ret;
 	memset(s, 0, offsetof(struct vcpu_state, xsave));
 	/* MP state first, as in vcpu_state_save (it flushes APIC events into
 	 * the registers); then the registers after it, through kvm_run. */

@@ -53,6 +53,8 @@ extern const struct state_desc clock_state_desc;
 /* Indices of the MSRs that can be read on this host (KVM_GET_MSR_INDEX_LIST
  * filtered by a probe read), computed once per VM. */
 int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr);
+/* The same into vm->msr_indices, once (safe from every vCPU thread at once). */
+int vcpu_msr_list_ensure(struct vcpu *v);
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);

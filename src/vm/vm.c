@@ -574,8 +574,9 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 						KVM_SYNC_X86_EVENTS);
 	tsc = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
 	vm->xsave_size = tsc > (int)sizeof(struct kvm_xsave) ? (uint32_t)tsc : sizeof(struct kvm_xsave);
-	/* The MSR list is probed at the first save (vcpu_state_save): a few
-	 * ioctls that a boot or restore need not pay. */
+	/* The MSR list is probed at the first save (vcpu_msr_list_ensure), or
+	 * by a live update's new side before the stop: a few ioctls that a
+	 * boot or restore need not pay. */
 	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");

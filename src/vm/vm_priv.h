@@ -33,7 +33,7 @@ struct vcpu {
 	bool runner_live; /* the runner runs the loop (guarded by vm->lock) */
 	bool runner_failed;
 	bool runner_exit; /* runner: give the vCPU back to its thread */
-	/* Work for the thread while it is parked (vcpu_jobs_run): KVM's vCPU
+	/* Work for the thread while it is parked (vcpu_jobs_post): KVM's vCPU
 	 * ioctls cost ~11 us each here and more from another CPU, so state
 	 * capture and restore run on the vCPU's own thread, all vCPUs at
 	 * once. NULL once done. */
