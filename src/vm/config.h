@@ -42,6 +42,7 @@ struct vm_config {
 	int adopt_ram_fd; /* -1: none */
 	const struct chardev_handover *serial_handover;
 	int serial_later; /* vm_attach_serial() comes later (cpr-transfer) */
+	int warm_up;	  /* add the warm-up slot (warmup.c; live update) */
 };
 
 /* "512M", "1G", "4096K", "1073741824" (bytes). Suffixes K/M/G/T, base 1024,

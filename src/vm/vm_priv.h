@@ -5,6 +5,7 @@
 
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -43,6 +44,10 @@ struct vcpu {
 	bool job_claimed; /* whoever runs it (its thread, or the poster) */
 	/* A fresh vCPU's state where a restore usually leaves it alone
 	 * (vcpu_state_read_base): equal parts are not set again. */
+	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
+	bool placed;
+	int capture_cpu; /* old side: where its state was captured (-1) */
+	cpu_set_t cpus_before;
 	struct {
 		bool valid;
 		struct kvm_mp_state mp_state;
@@ -68,6 +73,9 @@ struct vm {
 	uint32_t xsave_size;
 	uint32_t *msr_indices;
 	uint32_t nr_msr_indices;
+	/* The warm-up slot (warmup.c), while it exists. */
+	uint8_t *warm_page;
+	uint64_t warm_gpa;
 
 	struct chardev *serial_chr;
 	struct serial *serial;
@@ -88,6 +96,9 @@ struct vm {
 	 * yielding would hand its CPU to any task that woke meanwhile, and
 	 * the resume would wait for that task. */
 	int waker_cpu;
+	/* Waiting vCPU threads yield at every turn, waker_cpu or not: they
+	 * were placed on a CPU where the old side still works (cpr.c). */
+	bool spin_polite;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
@@ -108,6 +119,13 @@ void vm_guest_shutdown(struct vm *vm);
 void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why);
 
 int vcpu_init(struct vcpu *v, struct vm *vm, int id);
+/* warmup.c: a fresh vCPU's first KVM_RUN, paid before a live update's stop.
+ * The slot goes in before the irqchip (vm_create, cfg->warm_up) and out
+ * once every vCPU ran vcpu_warm_up (on its own thread); vcpu_warm_up leaves
+ * the vCPU in a scratch state, so its whole state must be set after it. */
+int vm_warm_slot_add(struct vm *vm);
+int vm_warm_slot_remove(struct vm *vm);
+int vcpu_warm_up(struct vcpu *v);
 int vcpu_start(struct vcpu *v);
 void vcpu_kick(struct vcpu *v);
 /* Waits on the CPU (pause instruction, yielding to other runnable tasks)
@@ -132,8 +150,9 @@ void vcpu_runners_stop(struct vm *vm);
 void vcpu_runners_end(struct vm *vm);
 /* The guest runs elsewhere now: every vCPU thread or runner of this VM
  * (parked) goes SCHED_BATCH, so that waking them to end them does not
- * preempt the guest's new vCPUs. */
-void vcpu_all_batch(struct vm *vm);
+ * preempt the guest's new vCPUs, and off the CPU where it captured its
+ * vCPU's state (capture_cpu), where the new vCPU thread runs. */
+void vcpu_all_step_aside(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
 void vcpu_describe(struct vcpu *v, char *buf, size_t len);
 

@@ -293,8 +293,11 @@ def cpr_transfer(vm, inc):
     q.close()
 
 
-@pytest.mark.parametrize("cpus", [1, 2])
-def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus):
+@pytest.mark.parametrize("cpus,fault", [(1, None), (2, None), (2, "no-base")])
+def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
+    # no-base: the new side's vCPUs ran the warm-up (a scratch context) and
+    # then restore without skipping anything: every bit of it must go.
+    env = {"CPRVM_TEST_XFER_FAULT": fault} if fault else None
     vm = vms(cmdline="heartbeat=5000 verify=64", memory="512M", cpus=cpus)
     for cpu in range(cpus):
         vm.serial.wait(r"^OK 2 cpu=%d$" % cpu, timeout=60)
@@ -303,7 +306,7 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus):
     try:
         for i in range(4):
             binary = NEXT if i % 2 == 0 else CPRVM  # alternate builds
-            new, inc = start_incoming(vm, tmp_path, i, args=args_of(vm, binary))
+            new, inc = start_incoming(vm, tmp_path, i, args=args_of(vm, binary), env=env)
             extra.append(new)
             cpr_transfer(vm, inc)
             assert current.wait(20) == 0  # the old process leaves by itself
