@@ -235,6 +235,7 @@ static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = snapshot_put_devices(vm, b, captured)) < 0 ||
+	    (trace_mark("devices-put"), 0) ||
 	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
 				    STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)

@@ -89,7 +89,9 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state 
 		if (ret < 0)
 			goto out;
 	}
+	trace_mark("vcpus-put");
 	ret = vm_kvm_state_save(vm, &kvm);
+	trace_mark("vm-state-read");
 	if (ret < 0)
 		goto out;
 	if ((ret = stream_put_state(b, "irqchip", &irqchip_state_desc, &kvm, STREAM_SEC_REQUIRED)) < 0 ||
