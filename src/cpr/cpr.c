@@ -982,7 +982,8 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 			 * guest (or the capture) at once: SCHED_BATCH does not. */
 			struct sched_param sp = { 0 };
 
-			sched_setscheduler(v->tid, SCHED_BATCH, &sp);
+			v->placed_batch = sched_getscheduler(v->tid) == SCHED_OTHER &&
+					  sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0;
 			v->placed = any = true;
 		}
 	}
@@ -1003,8 +1004,9 @@ static void cpr_unplace_vcpus(struct vm *vm)
 		if (!v->placed)
 			continue;
 		sched_setaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before);
-		sched_setscheduler(v->tid, SCHED_OTHER, &sp);
-		v->placed = false;
+		if (v->placed_batch) /* a policy set by the user stays */
+			sched_setscheduler(v->tid, SCHED_OTHER, &sp);
+		v->placed = v->placed_batch = false;
 	}
 }
 
@@ -1362,6 +1364,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	}
 	stopped = true;
 	ret = vcpu_jobs_wait(vm);
+	trace_mark("captured");
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot read the vCPUs' state: %s", strerror(-ret));
 		goto out_fail;

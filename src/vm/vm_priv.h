@@ -45,7 +45,7 @@ struct vcpu {
 	/* A fresh vCPU's state where a restore usually leaves it alone
 	 * (vcpu_state_read_base): equal parts are not set again. */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
-	bool placed;
+	bool placed, placed_batch;
 	int capture_cpu; /* old side: where its state was captured (-1) */
 	cpu_set_t cpus_before;
 	struct {
