@@ -920,10 +920,10 @@ out:
 
 /* Placement. The new side's vCPU threads take the guest over on the CPUs
  * the old side's ran it on: those are the ones the stop frees. Left to the
- * scheduler, a woken thread goes to its waker's CPU (the CPUs here share
- * no cache, so an idle one is not looked for), and the blackout's threads
- * all queued on one CPU while the other idled (seen with sched_switch
- * tracing: the vCPU thread waited ~0.1-0.2 ms for its turn). So just
+ * scheduler, the woken vCPU thread went to its waker's CPU, and the
+ * blackout's threads all queued on one CPU while the other idled (seen
+ * with sched_switch tracing: the vCPU thread waited ~0.1-0.2 ms for its
+ * turn). So just
  * before 'P' each vCPU thread is pinned to the CPU its old counterpart
  * last ran on and set waiting on the CPU there (vm_resume_soon), politely:
  * SCHED_BATCH, so that its wakeup does not preempt the guest still running
@@ -932,10 +932,10 @@ out:
  * thread gets its CPU set and policy back.
  * Only a hint: without it things work, slower.
  *
- * cpr-transfer only. In a live cpr-exec the old side's runners and keeper
- * live on after the resume and end there; with the new vCPU threads pinned
- * next to them the guest waited 2-3 ms after the resume about one update
- * in three (A/B, 8 updates each), so the old side sends no tids there. */
+ * cpr-transfer only: in a live cpr-exec, whose runners and keeper end
+ * after the resume, the guest then saw a 2-4 ms gap right after it in most
+ * updates (A/B, 2 x 16 updates each way; not understood yet), so there the
+ * old side sends no tids. */
 static int proc_task_cpu(uint32_t tid)
 {
 	char path[64], buf[1024], *p;
@@ -998,7 +998,6 @@ static void cpr_unplace_vcpus(struct vm *vm)
 	__atomic_store_n(&vm->spin_polite, false, __ATOMIC_RELEASE);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-
 		struct sched_param sp = { 0 };
 
 		if (!v->placed)
