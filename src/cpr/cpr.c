@@ -932,35 +932,12 @@ out:
  * thread gets its CPU set and policy back.
  * Only a hint: without it things work, slower.
  *
- * cpr-transfer only: in a live cpr-exec, whose runners and keeper end
- * after the resume, the guest then saw a 2-4 ms gap right after it in most
- * updates (A/B, 2 x 16 updates each way; not understood yet), so there the
- * old side sends no tids. */
-static int proc_task_cpu(uint32_t tid)
-{
-	char path[64], buf[1024], *p;
-	ssize_t n;
-	int fd, cpu = -1;
-
-	snprintf(path, sizeof(path), "/proc/%u/stat", tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	/* Field 39 (processor); the name in field 2 may hold anything up to
-	 * its last ')'. */
-	p = strrchr(buf, ')');
-	for (int field = 2; p && field < 39; field++)
-		p = strchr(p + 1, ' ');
-	if (p && sscanf(p + 1, "%d", &cpu) != 1)
-		cpu = -1;
-	return cpu;
-}
-
+ * cpr-transfer only. In a live cpr-exec it shortened the pause by ~0.2 ms
+ * but added ~1.2 ms to the other gaps the guest saw (A/B, 2 x 16 updates
+ * each way): a runner's end holds a CPU ~2 ms, and with the vCPU thread
+ * pinned to the other one, every task woken meanwhile (the tracing showed
+ * the bench's own) took the guest's CPU. So there the old side sends no
+ * tids. */
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 {
 	uint32_t n = cs->vcpu_tid_len / sizeof(cs->vcpu_tid[0]);
@@ -968,7 +945,7 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 
 	for (int i = 0; i < vm->nr_vcpus && (uint32_t)i < n; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		int cpu = cs->vcpu_tid[i] ? proc_task_cpu(cs->vcpu_tid[i]) : -1;
+		int cpu = cs->vcpu_tid[i] ? task_last_cpu((int)cs->vcpu_tid[i]) : -1;
 		cpu_set_t one;
 
 		if (cpu < 0 || cpu >= CPU_SETSIZE || v->tid <= 0 ||
@@ -1026,7 +1003,6 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 
 static int capture_job_fn(struct vcpu *v, void *arg)
 {
-	v->capture_cpu = sched_getcpu(); /* where the new side's goes (Placement) */
 	return vcpu_state_capture_parked(v, arg);
 }
 
@@ -1349,6 +1325,13 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		goto out_fail;
 	}
 
+	/* Where each vCPU runs now: the new side pins its own there (see
+	 * "Placement"), and the old tasks step aside from it after 'R'. */
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		int rt = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
+
+		vm->vcpus[i].run_cpu = task_last_cpu(rt > 0 ? rt : vm->vcpus[i].tid);
+	}
 	/* Phase 2: stop, capture, send. */
 	cs->stop_ns = now_ns();
 	trace_mark("stop");

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -37,7 +38,7 @@ int vcpu_init(struct vcpu *v, struct vm *vm, int id)
 
 	v->vm = vm;
 	v->id = id;
-	v->capture_cpu = -1;
+	v->run_cpu = -1;
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, id);
 	if (v->fd < 0)
 		return -errno;
@@ -520,26 +521,56 @@ void sched_idle_self(void)
 	sched_setscheduler(0, SCHED_IDLE, &sp);
 }
 
+int task_last_cpu(int tid)
+{
+	char path[64], buf[1024], *p;
+	ssize_t n;
+	int fd, cpu = -1;
+
+	if (tid <= 0)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/%d/stat", tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	/* Field 39 (processor); the name in field 2 may hold anything up to
+	 * its last ')'. */
+	p = strrchr(buf, ')');
+	for (int field = 2; p && field < 39; field++)
+		p = strchr(p + 1, ' ');
+	if (p && sscanf(p + 1, "%d", &cpu) != 1)
+		cpu = -1;
+	return cpu;
+}
+
 void vcpu_all_step_aside(struct vm *vm)
 {
 	struct sched_param sp = { 0 };
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		int tid = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
-		int cpu = vm->vcpus[i].capture_cpu;
+		int cpu = vm->vcpus[i].run_cpu;
+		bool runner = tid > 0;
 		cpu_set_t set;
 
 		if (tid <= 0)
 			tid = __atomic_load_n(&vm->vcpus[i].tid, __ATOMIC_ACQUIRE);
 		if (tid <= 0)
 			continue;
+		/* A runner's end holds a CPU ~2 ms here (a thread's is short):
+		 * SCHED_IDLE, which it goes to at its end anyway, so that any
+		 * task woken meanwhile takes its CPU, not the guest's. */
 		if (sched_getscheduler(tid) == SCHED_OTHER)
-			sched_setscheduler(tid, SCHED_BATCH, &sp);
-		/* Woken to end, on the CPU it last ran on, it would share that
-		 * CPU with the new side's vCPU thread, placed there (cpr.c,
-		 * "Placement"); a runner's end takes ~2 ms there (seen with
-		 * sched_switch tracing), and the scheduler does not move the
-		 * guest's thread away in time. */
+			sched_setscheduler(tid, runner ? SCHED_IDLE : SCHED_BATCH, &sp);
+		/* Woken to end next to the new side's vCPU thread, placed on
+		 * the CPU this task ran the guest on before the stop (cpr.c,
+		 * "Placement"), it would take that CPU: a runner's end holds
+		 * it ~2 ms (seen with sched_switch tracing). */
 		if (cpu >= 0 && cpu < CPU_SETSIZE &&
 		    sched_getaffinity(tid, sizeof(set), &set) == 0 && CPU_ISSET(cpu, &set) &&
 		    CPU_COUNT(&set) > 1) {

@@ -46,7 +46,7 @@ struct vcpu {
 	 * (vcpu_state_read_base): equal parts are not set again. */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
 	bool placed, placed_batch;
-	int capture_cpu; /* old side: where its state was captured (-1) */
+	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
 	cpu_set_t cpus_before;
 	struct {
 		bool valid;
@@ -148,10 +148,12 @@ int vcpu_runners_start(struct vm *vm);
 void vcpu_runners_stop(struct vm *vm);
 /* After the threads are gone (the image exec()ed): the runners end. */
 void vcpu_runners_end(struct vm *vm);
+/* The CPU a task last ran on (/proc/TID/stat), or -1. */
+int task_last_cpu(int tid);
 /* The guest runs elsewhere now: every vCPU thread or runner of this VM
  * (parked) goes SCHED_BATCH, so that waking them to end them does not
- * preempt the guest's new vCPUs, and off the CPU where it captured its
- * vCPU's state (capture_cpu), where the new vCPU thread runs. */
+ * preempt the guest's new vCPUs, and off the CPU it ran the guest on
+ * (run_cpu), where the new vCPU thread runs. */
 void vcpu_all_step_aside(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
 void vcpu_describe(struct vcpu *v, char *buf, size_t len);
