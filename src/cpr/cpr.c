@@ -87,6 +87,14 @@ static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fiel
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs);
 static void cpr_unplace_vcpus(struct vm *vm);
 
+/* Fault injection for the rollback tests: CPRVM_TEST_XFER_FAULT=name. */
+static bool xfer_fault(const char *name)
+{
+	const char *e = getenv("CPRVM_TEST_XFER_FAULT");
+
+	return e && !strcmp(e, name);
+}
+
 static struct {
 	int argc;
 	char **argv;     /* this image's own */
@@ -764,7 +772,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 			goto out;
 	}
 	trace_mark("devices-adopted");
-	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "refuse-late")) {
+	if (xfer_fault("refuse-late")) {
 		/* Rollback tests: a refusal after the sockets were adopted. */
 		ret = set_err(why, whylen, -EINVAL, "refused for the test, with the sockets adopted");
 		goto out;
@@ -995,7 +1003,7 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	if (v->vm->warm_page && vcpu_warm_up(v) < 0)
 		return -EIO;
 	/* Tests: the restore without a base must undo the warm-up whole. */
-	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "no-base"))
+	if (xfer_fault("no-base"))
 		return -EIO;
 	vcpu_msr_list_ensure(v); /* else the first capture probes */
 	return vcpu_state_read_base(v);
@@ -1052,15 +1060,13 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	free(buf);
 	buf = NULL;
 	/* Fault injection for the rollback tests: die or hang with the fds. */
-	if (getenv("CPRVM_TEST_XFER_FAULT")) {
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "kill"))
-			raise(SIGKILL);
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang"))
-			for (;;)
-				pause();
-		if (!strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow-build"))
-			sleep(2); /* the guest runs on meanwhile, on the old side */
-	}
+	if (xfer_fault("kill"))
+		raise(SIGKILL);
+	if (xfer_fault("hang"))
+		for (;;)
+			pause();
+	if (xfer_fault("slow-build"))
+		sleep(2); /* the guest runs on meanwhile, on the old side */
 	trace_mark("p1-received");
 	cfg->warm_up = 1;
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, whylen);
@@ -1149,10 +1155,9 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	}
 	t_adopt = now_ns();
 	trace_mark("received");
-	if (getenv("CPRVM_TEST_XFER_FAULT") && !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "slow"))
+	if (xfer_fault("slow"))
 		usleep(500 * 1000); /* a long blackout the guest must see */
-	if (getenv("CPRVM_TEST_XFER_FAULT") &&
-	    !strcmp(getenv("CPRVM_TEST_XFER_FAULT"), "hang-with-state"))
+	if (xfer_fault("hang-with-state"))
 		for (;;)
 			pause();
 	{

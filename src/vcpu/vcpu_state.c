@@ -151,20 +151,30 @@ int vcpu_msr_list_ensure(struct vcpu *v)
 
 static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s);
 
+/* How every save starts: the MSR list, a clean head, and MP state first: a
+ * vCPU still waiting for SIPI has nothing else meaningful, and
+ * KVM_GET_MP_STATE also flushes pending APIC events into the state read
+ * after it (QEMU and Firecracker both read it first). */
+static int vcpu_save_head(struct vcpu *v, struct vcpu_state *s)
+{
+	int ret = vcpu_msr_list_ensure(v);
+
+	if (ret < 0)
+		return ret;
+	memset(s, 0, offsetof(struct vcpu_state, xsave));
+	if (ioctl(v->fd, KVM_GET_MP_STATE, &s->mp_state) < 0)
+		return -errno;
+	return 0;
+}
+
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 {
 	struct vm *vm = v->vm;
 	int ret;
 
-	ret = vcpu_msr_list_ensure(v);
+	ret = vcpu_save_head(v, s);
 	if (ret < 0)
 		return ret;
-	memset(s, 0, offsetof(struct vcpu_state, xsave));
-	/* MP state first: a vCPU still waiting for SIPI has nothing else
-	 * meaningful, and KVM_GET_MP_STATE also flushes pending APIC events
-	 * into the state read below (QEMU and Firecracker both read it first). */
-	if (ioctl(v->fd, KVM_GET_MP_STATE, &s->mp_state) < 0)
-		return -errno;
 	if (ioctl(v->fd, KVM_GET_REGS, &s->regs) < 0)
 		return -errno;
 	s->have_sregs2 = vm->have_sregs2;
@@ -383,14 +393,10 @@ int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 
 	if (!vm->have_sync_regs)
 		return vcpu_state_save(v, s);
-	ret = vcpu_msr_list_ensure(v);
+	ret = vcpu_save_head(v, s);
 	if (ret < 0)
 		return ret;
-	memset(s, 0, offsetof(struct vcpu_state, xsave));
-	/* MP state first, as in vcpu_state_save (it flushes APIC events into
-	 * the registers); then the registers after it, through kvm_run. */
-	if (ioctl(v->fd, KVM_GET_MP_STATE, &s->mp_state) < 0)
-		return -errno;
+	/* Then the registers, through kvm_run. */
 	v->run->kvm_valid_regs = SYNC_ALL;
 	ret = vcpu_sync_run(v);
 	v->run->kvm_valid_regs = 0;

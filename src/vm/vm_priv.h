@@ -42,12 +42,12 @@ struct vcpu {
 	void *job_arg;
 	int job_ret;
 	bool job_claimed; /* whoever runs it (its thread, or the poster) */
-	/* A fresh vCPU's state where a restore usually leaves it alone
-	 * (vcpu_state_read_base): equal parts are not set again. */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
 	bool placed, placed_batch;
 	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
 	cpu_set_t cpus_before;
+	/* A fresh vCPU's state where a restore usually leaves it alone
+	 * (vcpu_state_read_base): equal parts are not set again. */
 	struct {
 		bool valid;
 		struct kvm_mp_state mp_state;
@@ -150,10 +150,10 @@ void vcpu_runners_stop(struct vm *vm);
 void vcpu_runners_end(struct vm *vm);
 /* The CPU a task last ran on (/proc/TID/stat), or -1. */
 int task_last_cpu(int tid);
-/* The guest runs elsewhere now: every vCPU thread or runner of this VM
- * (parked) goes SCHED_BATCH, so that waking them to end them does not
- * preempt the guest's new vCPUs, and off the CPU it ran the guest on
- * (run_cpu), where the new vCPU thread runs. */
+/* The guest runs elsewhere now: every vCPU thread of this VM (parked) goes
+ * SCHED_BATCH and every runner SCHED_IDLE, so that waking them to end them
+ * does not preempt the guest's new vCPUs, and off the CPU it ran the guest
+ * on (run_cpu), where the new vCPU thread runs. */
 void vcpu_all_step_aside(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
 void vcpu_describe(struct vcpu *v, char *buf, size_t len);

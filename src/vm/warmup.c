@@ -18,7 +18,7 @@
  * tables only through its own mappings) and would go stale.
  *
  * The slot is added before KVM_CREATE_IRQCHIP, where a memslot is cheap, and
- * removed after the run (~4–6 ms, before the stop), so the guest never sees
+ * removed after the run (~4–7 ms, before the stop), so the guest never sees
  * it; removing it drops KVM's shadow pages, not what the run warmed. */
 #include <errno.h>
 #include <string.h>
