@@ -161,6 +161,18 @@ isr_common:
 	addq $16, %rsp			/* vector, error code */
 	iretq
 
+/*
+ * ---- the `ipi` workload's interrupt (IPI_VECTOR): count it, EOI, return ------
+ * A handful of instructions: CPL0 is emulated on the target host.
+ */
+	.globl ipi_isr
+ipi_isr:
+	pushq %rax
+	lock incq ipi_acks(%rip)
+	movq lapic_eoi(%rip), %rax
+	movl $0, (%rax)
+	popq %rax
+	iretq
 
 /* ---- AP trampoline, copied below 1 MiB; entered in real mode at CS:0 --------- */
 	.section .rodata.trampoline, "a"
@@ -189,6 +201,10 @@ entry_tsc:	.quad 0
 pvh_start_info:	.long 0
 ap_boot_cpu:	.long 0
 ap_alive:	.long 0
+	.globl ipi_acks, lapic_eoi
+	.balign 8
+ipi_acks:	.quad 0
+lapic_eoi:	.quad 0
 
 	.globl isr_table
 	.balign 8

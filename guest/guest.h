@@ -56,6 +56,10 @@ extern volatile u32 ap_alive;        /* set by an AP once it owns its stack */
 extern u64 pml4[512], pdpt[512];
 extern u8 gdt[], tss_area[], idt[];
 extern u64 isr_table[32];
+#define IPI_VECTOR 0x40
+extern void ipi_isr(void);
+extern volatile u64 ipi_acks;        /* IPIs CPU 0 took (the `ipi` workload) */
+extern u64 lapic_eoi;                /* address of the LAPIC's EOI register */
 extern u8 trampoline_start[], trampoline_end[];
 extern u8 __image_start[], __image_end[];
 extern u8 ustacks[], kstacks[];

@@ -60,6 +60,7 @@ void kernel_main(u32 cpu)
 		outb(0xa1, 0xff);
 		for (unsigned v = 0; v < 32; v++)
 			set_gate(v, isr_table[v], 0);
+		set_gate(IPI_VECTOR, (u64)ipi_isr, 0);
 	} else {
 		/* ap_boot_cpu was read in entry64; the BSP may start the next AP. */
 		__atomic_store_n(&ap_alive, 1, __ATOMIC_RELEASE);

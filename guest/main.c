@@ -28,6 +28,7 @@ static struct {
 	bool crash;
 	bool iobench;
 	u64 gaps_us;
+	bool ipi;
 } opt;
 
 static struct area dirty_area, verify_area;
@@ -151,6 +152,8 @@ static void opt_parse_token(const char *tok, size_t len)
 		opt.crash = true;
 	} else if (len == 7 && !strncmp(tok, "iobench", 7)) {
 		opt.iobench = true;
+	} else if (len == 3 && !strncmp(tok, "ipi", 3)) {
+		opt.ipi = true;
 	} else if (len == 11 && !strncmp(tok, "serial=cpl0", 11)) {
 		serial_tx_cpl0 = true;
 	} else if (len == 11 && !strncmp(tok, "serial=cpl3", 11)) {
@@ -323,11 +326,54 @@ static void __attribute__((noreturn)) do_shutdown(void)
 		;
 }
 
+/*
+ * ipi: CPU 1 sends CPU 0 one fixed interrupt (IPI_VECTOR) every IPI_PERIOD_US,
+ * each only once CPU 0's handler has counted the one before. One that is
+ * never taken within IPI_LOST_MS is lost: a host that stops or moves the CPUs
+ * must carry an interrupt in flight over, as real hardware never drops one.
+ * The period keeps the sends apart from CPU 0's acknowledgements: a send can
+ * come well after CPU 0 last ran, as it would while a host stops CPU 0 first.
+ */
+#define IPI_LOST_MS 3000
+#define IPI_PERIOD_US 400
+#define LAPIC_ICR_LO 0x300
+#define LAPIC_ICR_HI 0x310
+
+struct ipi_state {
+	bool waiting;
+	u64 base, sent_at, taken, report;
+};
+
+static void ipi_step(struct ipi_state *is, u64 now)
+{
+	u64 acks = __atomic_load_n(&ipi_acks, __ATOMIC_ACQUIRE);
+
+	if (is->waiting && acks != is->base) {
+		is->waiting = false;
+		is->taken++;
+	} else if (is->waiting && now - is->sent_at > IPI_LOST_MS * boot.tsc_khz) {
+		say("BAD ipi lost seq=%lu cpu=1", is->taken);
+		is->waiting = false;
+	}
+	if (now >= is->report) {
+		say("IPI %lu cpu=1", is->taken);
+		is->report = now + tsc_hz;
+	}
+	if (is->waiting || now - is->sent_at < IPI_PERIOD_US * boot.tsc_khz / 1000)
+		return;
+	is->base = acks;
+	is->sent_at = now;
+	is->waiting = true;
+	*(volatile u32 *)(boot.lapic + LAPIC_ICR_HI) = boot.apic_ids[0] << 24;
+	*(volatile u32 *)(boot.lapic + LAPIC_ICR_LO) = IPI_VECTOR; /* fixed, physical */
+}
+
 static void __attribute__((noreturn)) run(u32 cpu)
 {
 	struct pcpu *p = &pcpus[cpu];
 	struct verify_state vs = { 0 };
 	struct dirty_state ds = { 0 };
+	struct ipi_state is = { .report = rdtsc() + tsc_hz };
 	bool verify = opt.verify_mib && verify_area.pages;
 	bool dirty = opt.dirty && dirty_area.pages && opt.dirty_mbps;
 	u64 now = rdtsc();
@@ -354,6 +400,8 @@ static void __attribute__((noreturn)) run(u32 cpu)
 
 	for (;;) {
 		now = tick(p);
+		if (cpu == 1 && opt.ipi)
+			ipi_step(&is, now);
 		if (cpu == 0) {
 			if (opt.heartbeat && now >= hb_next) {
 				say("HB %lu", hb_seq++);
@@ -518,6 +566,12 @@ static void __attribute__((noreturn)) bsp_main(void)
 		if (boot.err)
 			say("ERR boot: %s", boot.err);
 	}
+	if (opt.ipi && online < 2) {
+		if (!opt.echo)
+			say("ERR ipi: needs 2 CPUs");
+		opt.ipi = false;
+	}
+	lapic_eoi = boot.lapic + 0xb0;
 	if (opt.crash)
 		guest_call(SYS_CRASH, 0);
 	if (opt.iobench && !opt.echo)

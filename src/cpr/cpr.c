@@ -1011,6 +1011,10 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 
 static int capture_job_fn(struct vcpu *v, void *arg)
 {
+	/* Not before every vCPU is out (see vcpu_wait_all_out); a vCPU
+	 * that does not come out within a second fails the update. */
+	if (!vcpu_wait_all_out(v->vm, 1000 * 1000))
+		return -ETIMEDOUT;
 	return vcpu_state_capture_parked(v, arg);
 }
 
@@ -1343,7 +1347,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	/* Each vCPU thread reads its own state as it parks. */
 	vcpu_jobs_post(vm, capture_job_fn, vargs);
-	ret = vm_pause(vm);
+	ret = vm_pause_quiet(vm); /* STOP is sent once the guest runs again */
 	if (ret < 0) {
 		vcpu_jobs_wait(vm);
 		set_err(why, whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
@@ -1417,6 +1421,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	trace_mark("got-R");
 	vcpu_all_step_aside(vm);
 	send(sock, "G", 1, MSG_NOSIGNAL);
+	vm_emit_stop(vm);
 	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
@@ -1434,6 +1439,7 @@ out_fail:
 		vm_resume(vm);
 	}
 out:
+	vm_emit_stop(vm); /* if still owed (a guest left stopped) */
 	sbuf_free(&b);
 	free(vargs);
 	free(vstates);

@@ -234,6 +234,19 @@ int vcpu_jobs_wait(struct vm *vm)
 	return ret;
 }
 
+bool vcpu_wait_all_out(struct vm *vm, unsigned max_us)
+{
+	uint64_t end = mono_us() + max_us;
+	int want = 0;
+
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		if (vm->vcpus[i].thread_started && !__atomic_load_n(&vm->vcpus[i].exited,
+								    __ATOMIC_ACQUIRE))
+			want++;
+	/* One vCPU: itself, at once. */
+	return SPIN_WHILE(__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) < want, end);
+}
+
 /* Parks while a pause is requested. Returns false if the loop must end. */
 static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
@@ -242,6 +255,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	bool stop;
 
 	trace_mark(runner ? "runner-parks" : "vcpu-parks");
+	__atomic_add_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
 	/* A job posted with the pause (state capture) runs before this vCPU
 	 * counts as parked: whoever paused finds it done. */
 	vcpu_do_job(v);
@@ -271,6 +285,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	}
 	stop = vm->stop_req || (runner && v->runner_exit);
 	vm->nr_parked--;
+	__atomic_sub_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
 	v->parked = false;
 	pthread_mutex_unlock(&vm->lock);
 	trace_mark("vcpu-unparked");

@@ -197,12 +197,29 @@ void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
 
 /* --- run control --------------------------------------------------------- */
 
+/* Tests (CPRVM_TEST_XFER_FAULT=late-kick): the vCPUs but the first are
+ * kicked 3 ms late, so they run on while vCPU 0 is already out. */
+static bool late_kick(void)
+{
+	static int on = -1;
+
+	if (on < 0) {
+		const char *e = getenv("CPRVM_TEST_XFER_FAULT");
+
+		on = e && !strcmp(e, "late-kick");
+	}
+	return on;
+}
+
 static void vm_park_all(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
 	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
-	for (int i = 0; i < vm->nr_vcpus; i++)
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		if (i == 1 && late_kick())
+			usleep(3000);
 		vcpu_kick(&vm->vcpus[i]);
+	}
 	pthread_mutex_unlock(&vm->lock);
 	/* A running vCPU leaves the guest within ~0.1 ms: wait for that on
 	 * the CPU, not asleep (being woken costs as much again here). */
@@ -223,7 +240,7 @@ static void vm_park_all(struct vm *vm)
 	pthread_mutex_unlock(&vm->lock);
 }
 
-int vm_pause(struct vm *vm)
+int vm_pause_quiet(struct vm *vm)
 {
 	if (vm->state == RUN_STATE_PAUSED || vm->state == RUN_STATE_POSTMIGRATE ||
 	    vm->state == RUN_STATE_PRELAUNCH || vm->state == RUN_STATE_INMIGRATE)
@@ -232,8 +249,23 @@ int vm_pause(struct vm *vm)
 		return -EINVAL;
 	vm_park_all(vm);
 	vm->state = RUN_STATE_PAUSED;
-	vm_emit(vm, "STOP", NULL);
+	vm->stop_event_owed = true;
 	return 0;
+}
+
+void vm_emit_stop(struct vm *vm)
+{
+	if (vm->stop_event_owed)
+		vm_emit(vm, "STOP", NULL);
+	vm->stop_event_owed = false;
+}
+
+int vm_pause(struct vm *vm)
+{
+	int ret = vm_pause_quiet(vm);
+
+	vm_emit_stop(vm);
+	return ret;
 }
 
 int vm_resume(struct vm *vm)
@@ -249,6 +281,7 @@ int vm_resume(struct vm *vm)
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	vm->state = RUN_STATE_RUNNING;
+	vm_emit_stop(vm); /* the one held back, if any: STOP comes before RESUME */
 	vm_emit(vm, "RESUME", NULL);
 	return 0;
 }

@@ -57,6 +57,11 @@ int vm_start_paused(struct vm *vm);
 void vm_resume_soon(struct vm *vm);
 /* Stops every vCPU and waits until all are out of KVM_RUN. Emits STOP. */
 int vm_pause(struct vm *vm);
+/* The same, but the STOP event waits for vm_emit_stop: a live update stops
+ * the guest for well under a millisecond, and writing an event to every
+ * QMP client (and waking them) is not to happen inside that window. */
+int vm_pause_quiet(struct vm *vm);
+void vm_emit_stop(struct vm *vm);
 /* Lets them run again. Emits RESUME. */
 int vm_resume(struct vm *vm);
 enum vm_run_state vm_get_run_state(struct vm *vm);

@@ -87,6 +87,9 @@ struct vm {
 	bool pause_req;
 	bool stop_req;
 	int nr_parked;
+	/* vCPUs out of KVM_RUN for the current pause, counted before their
+	 * job runs (nr_parked counts after it): see vcpu_wait_all_out. */
+	int nr_out;
 	/* A resume is imminent (live update, state arriving): parked vCPU
 	 * threads wait on the CPU instead of sleeping, so that the resume
 	 * does not wait for an idle CPU to wake (see vm_resume_soon). */
@@ -106,6 +109,7 @@ struct vm {
 
 	struct migration migration;
 	enum vm_run_state state;
+	bool stop_event_owed; /* paused by vm_pause_quiet, STOP not sent yet */
 	bool guest_event_posted; /* shutdown or crash already reported */
 	vm_event_fn event_fn;
 	void *event_opaque;
@@ -139,6 +143,12 @@ bool spin_until(const bool *flag, bool want, unsigned max_us);
  * its job on the caller. */
 void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args);
 int vcpu_jobs_wait(struct vm *vm);
+/* For a job posted with a pause: waits on the CPU until every vCPU with a
+ * thread is out of the guest. A vCPU's state is read only then: a vCPU
+ * still in the guest could send it an interrupt (an IPI, INIT, SIPI) after
+ * the read, and that interrupt would be in no state the update carries.
+ * False if max_us passed first. */
+bool vcpu_wait_all_out(struct vm *vm, unsigned max_us);
 void vcpu_destroy(struct vcpu *v);
 /* Live cpr-exec: every vCPU thread hands its vCPU to a runner process
  * (clone(CLONE_VM)); returns once all of them run the guest, or fails with

@@ -112,8 +112,8 @@ def test_cpr_exec_between_builds(vms):
 class Updater:
     """Runs updates in either mode, keeping track of the serving process."""
 
-    def __init__(self, vm, tmp_path, mode):
-        self.vm, self.tmp, self.mode = vm, tmp_path, mode
+    def __init__(self, vm, tmp_path, mode, env=None):
+        self.vm, self.tmp, self.mode, self.env = vm, tmp_path, mode, env
         self.current, self.spare, self.n = vm.proc, [], 0
 
     def update(self):
@@ -121,7 +121,7 @@ class Updater:
             m, _ = cpr_exec(self.vm)
             assert m["status"] == "completed", m
             return
-        new, inc = start_incoming(self.vm, self.tmp, self.n)
+        new, inc = start_incoming(self.vm, self.tmp, self.n, env=self.env)
         self.n += 1
         self.spare.append(new)
         cpr_transfer(self.vm, inc)
@@ -427,6 +427,35 @@ def test_soak_alternating_modes(vms, tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.parametrize("fault", [None, "late-kick"])
+def test_interrupts_in_flight_survive_updates(vms, tmp_path, fault):
+    """CPU 1 keeps sending CPU 0 interrupts, one at a time, each awaited: one
+    sent while the update stops the vCPUs must still be taken afterwards. An
+    update that read CPU 0's interrupt state while CPU 1 still ran would lose
+    it, and CPU 1 would print BAD. late-kick: vCPU 1 is stopped 3 ms after
+    vCPU 0, and sends its next interrupt meanwhile, every time."""
+    env = {"CPRVM_TEST_XFER_FAULT": fault} if fault else None
+    vm = vms(cmdline="heartbeat=5000 ipi", memory="256M", cpus=2, env=env)
+    vm.serial.wait(r"^IPI [1-9]\d* cpu=1$", timeout=30)
+    u = Updater(vm, tmp_path, "cpr-exec", env=env)
+    try:
+        for i in range(16 if not fault else 6):
+            u.mode = "cpr-transfer" if i % 2 else "cpr-exec"
+            u.update()
+        # The guest calls an interrupt lost after 3 s: wait longer than that,
+        # and see them still flowing.
+        counts = []
+        for _ in range(5):
+            _, m = vm.serial.wait(r"^IPI (\d+) cpu=1$", start=vm.serial.count(), timeout=30)
+            counts.append(int(m.group(1)))
+        assert counts[-1] > counts[-2], counts
+        assert not vm.serial.eof
+        assert_hb_continuous(heartbeats(vm.serial))
+        assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.matching(r"^BAD")
+    finally:
+        u.cleanup()
 
 
 def test_guest_clock_tracks_real_time_across_update(vms, tmp_path):
