@@ -15,6 +15,7 @@
  * below. On the way in (new image), handed-over fds are dup()ed before use,
  * so a failed take-over can give the untouched originals back. */
 #include <errno.h>
+#include <link.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <sched.h>
@@ -63,6 +64,11 @@ struct cpr_state {
 	 * new side to place its own (cpr_place_vcpus; cpr-transfer only). */
 	uint32_t vcpu_tid_len; /* bytes */
 	uint32_t vcpu_tid[CPRVM_MAX_CPUS];
+	/* Phase 1, both modes: the tasks that run the old vCPUs (threads or
+	 * runners), for the new side to keep its main thread off their CPUs
+	 * (cpr_place_main). */
+	uint32_t run_tid_len; /* bytes */
+	uint32_t run_tid[CPRVM_MAX_CPUS];
 	uint64_t resumed_ns; /* not sent: this side let the vCPUs go */
 };
 
@@ -81,6 +87,7 @@ static const struct state_field cpr_fields[] = {
 	STATE_FIELD_U64(6, struct cpr_state, captured_ns),
 	STATE_FIELD_U32(7, struct cpr_state, guest_paused),
 	STATE_FIELD_VBYTES(8, struct cpr_state, vcpu_tid, vcpu_tid_len),
+	STATE_FIELD_VBYTES(9, struct cpr_state, run_tid, run_tid_len),
 };
 static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fields);
 
@@ -556,6 +563,18 @@ static void cpr_batch_end(struct vm *vm)
  * Fresh heap pages cost a fault on first touch, ~1-5 us each here: touch
  * enough of them before the stop, and keep malloc from handing them back
  * (or from serving big blocks with new mappings). */
+/* Writes a byte into every page of [p, p + n). Not memset(p, 0, n): the
+ * compiler turns malloc + memset 0 into calloc, and calloc leaves pages
+ * fresh from the kernel untouched (they read as zero), which is the very
+ * fault this is to take early (traced: 19 of them in the blackout). */
+static void touch_pages(void *p, size_t n)
+{
+	for (size_t i = 0; i < n; i += 4096)
+		((volatile char *)p)[i] = 0;
+	if (n)
+		((volatile char *)p)[n - 1] = 0;
+}
+
 static void cpr_warm_heap(int nr_cpus)
 {
 	size_t n = (4u << 20) + (size_t)nr_cpus * (160u << 10);
@@ -565,22 +584,96 @@ static void cpr_warm_heap(int nr_cpus)
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);
 	p = malloc(n);
 	if (p) {
-		memset(p, 0, n);
-		/* The compiler may drop a malloc, memset, free it can see
-		 * through: this says the memory is looked at. */
-		__asm__ volatile("" : : "r"(p) : "memory");
+		touch_pages(p, n);
 		free(p);
 	}
 }
 
-/* Waits on the CPU until sock is readable, for at most max_us. */
-static void xfer_spin_readable(int sock, unsigned max_us)
+/* New side: what early-state messages have come, each set into its vCPU
+ * (see "Early state"). A message that does not parse, or does not set, is
+ * dropped: the stream has the same, and the restore then sets it all. */
+static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vcpu_state *tmp)
+{
+	for (;;) {
+		ssize_t n = recv(early_fd, buf, VCPU_EARLY_MAX, MSG_DONTWAIT);
+		uint32_t id;
+		int ret;
+
+		if (n <= 0)
+			return;
+		if (vcpu_early_decode(buf, (size_t)n, &id, tmp) < 0 || id >= (uint32_t)vm->nr_vcpus) {
+			pr_debug("live update: a malformed early state message (%zd bytes)", n);
+			continue;
+		}
+		ret = vcpu_state_apply_early(&vm->vcpus[id], tmp);
+		if (ret < 0)
+			pr_debug("live update: vCPU %u early state: %s", id, strerror(-ret));
+		else
+			trace_mark("early-set");
+	}
+}
+
+/* Page-table entries for every page of this program and its libraries,
+ * made before the stop: code that runs for the first time in the blackout
+ * (the stream's parser, device adoption, the build on a vCPU thread) would
+ * otherwise take a page fault per page, 1-3 us each here (traced: 16 of
+ * them between parsing the state and adopting the devices). Read access
+ * maps the page-cache pages; nothing is copied. */
+/* Reads across whole pages, redzones of the sanitizers' included. */
+__attribute__((no_sanitize("address")))
+static int prefault_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	long page = sysconf(_SC_PAGESIZE);
+
+	(void)size;
+	(void)arg;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t a, end;
+
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_R))
+			continue;
+		a = (info->dlpi_addr + ph->p_vaddr) & ~(uintptr_t)(page - 1);
+		end = info->dlpi_addr + ph->p_vaddr + ph->p_memsz;
+		for (; a < end; a += (uintptr_t)page)
+			(void)*(volatile const char *)a;
+	}
+	return 0;
+}
+
+/* ... and the calling thread's stack, 64 KiB deep. */
+static void __attribute__((noinline)) prefault_stack(void)
+{
+	volatile char pad[64 << 10];
+
+	for (size_t i = 0; i < sizeof(pad); i += 4096)
+		pad[i] = 0;
+}
+
+static void cpr_prefault(void)
+{
+	dl_iterate_phdr(prefault_object, NULL);
+	prefault_stack();
+}
+
+/* Waits on the CPU until sock is readable, for at most max_us, setting
+ * early state as it comes (early_fd >= 0). */
+static void xfer_wait_state(int sock, int early_fd, struct vm *vm, uint8_t *buf,
+			    struct vcpu_state *tmp, unsigned max_us)
 {
 	struct pollfd p = { .fd = sock, .events = POLLIN };
 	uint64_t end = now_ns() + (uint64_t)max_us * 1000;
 
-	while (poll(&p, 1, 0) == 0 && now_ns() < end)
+	for (;;) {
+		if (early_fd >= 0)
+			xfer_take_early(early_fd, vm, buf, tmp);
+		if (poll(&p, 1, 0) != 0 || now_ns() >= end)
+			break;
 		sched_yield();
+	}
+	/* Each vCPU's early message went out before the stream did. */
+	if (early_fd >= 0)
+		xfer_take_early(early_fd, vm, buf, tmp);
 }
 
 static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
@@ -978,8 +1071,48 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 	}
 }
 
+/* The new side's main thread, from 'P' until the guest runs here: off the
+ * CPUs the old vCPUs run on, if any other is allowed. It sets the early
+ * state and takes the stream in while the old vCPU threads capture and
+ * send it there; left to the scheduler, it sat queued behind them (traced:
+ * ~0.4 ms in a live cpr-exec while the other CPU idled). */
+static struct {
+	bool placed;
+	cpu_set_t before;
+} main_place;
+
+static void cpr_place_main(const struct cpr_state *cs)
+{
+	const uint32_t *tid = cs->run_tid_len ? cs->run_tid : cs->vcpu_tid;
+	uint32_t n = (cs->run_tid_len ? cs->run_tid_len : cs->vcpu_tid_len) / sizeof(tid[0]);
+	cpu_set_t set;
+	bool any = false;
+
+	if (main_place.placed || sched_getaffinity(0, sizeof(set), &set) < 0)
+		return;
+	main_place.before = set;
+	for (uint32_t i = 0; i < n && i < CPRVM_MAX_CPUS; i++) {
+		int cpu = tid[i] ? task_last_cpu((int)tid[i]) : -1;
+
+		if (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &set)) {
+			CPU_CLR(cpu, &set);
+			any = true;
+		}
+	}
+	if (any && CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof(set), &set) == 0)
+		main_place.placed = true;
+}
+
+static void cpr_unplace_main(void)
+{
+	if (main_place.placed)
+		sched_setaffinity(0, sizeof(main_place.before), &main_place.before);
+	main_place.placed = false;
+}
+
 static void cpr_unplace_vcpus(struct vm *vm)
 {
+	cpr_unplace_main();
 	__atomic_store_n(&vm->spin_polite, false, __ATOMIC_RELEASE);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
@@ -1009,13 +1142,84 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	return vcpu_state_read_base(v);
 }
 
+/* Old side: the stream goes out from the vCPU thread that finishes its
+ * capture last, on the CPU the guest ran on, while this process's main
+ * thread only waits: on a host with few CPUs, the new side works on the
+ * others meanwhile (it sets the early state). */
+struct capture_fin {
+	struct vm *vm;
+	struct cpr_state *cs;
+	struct chardev_handover *ho;
+	const struct vcpu_state *vstates;
+	struct sbuf *b;
+	int sock;
+	int left;    /* captures not done yet */
+	bool failed; /* one of them failed: nothing is sent */
+	bool sent;   /* the stream went out (ret says how) */
+	int ret;
+};
+
+/* Old side, per vCPU: where its state goes, and the early part's way out
+ * ("Early state"). */
+struct capture_arg {
+	struct vcpu_state *s;
+	int early_fd; /* -1: none */
+	uint8_t *buf; /* VCPU_EARLY_MAX */
+	struct capture_fin *fin;
+};
+
+static void capture_finish(struct capture_fin *f)
+{
+	struct vm *vm = f->vm;
+
+	f->sent = true;
+	trace_mark("captured");
+	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
+		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
+
+		send(f->sock, &over, sizeof(over), MSG_NOSIGNAL);
+		f->ret = -ESHUTDOWN;
+		return;
+	}
+	f->cs->paused_ns = f->cs->captured_ns = now_ns();
+	chardev_set_frozen(vm->serial_chr, true);
+	chardev_export(vm->serial_chr, f->ho);
+	f->ret = cpr_build_stream(vm, f->ho, f->cs, f->vstates, f->b);
+	trace_mark("built");
+	if (f->ret == 0)
+		f->ret = xfer_send_msg(f->sock, f->b, NULL, 0);
+	trace_mark("sent");
+}
+
+static void early_send(void *ctx, struct vcpu *v, const struct vcpu_state *s)
+{
+	struct capture_arg *a = ctx;
+	size_t n;
+
+	if (a->early_fd < 0 || !a->buf)
+		return;
+	n = vcpu_early_encode(s, (uint32_t)v->id, a->buf, VCPU_EARLY_MAX);
+	/* Never waits: without a reader the state goes in the stream only. */
+	if (n && send(a->early_fd, a->buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n)
+		trace_mark("early-sent");
+}
+
 static int capture_job_fn(struct vcpu *v, void *arg)
 {
+	struct capture_arg *a = arg;
+	int ret = -ETIMEDOUT;
+
 	/* Not before every vCPU is out (see vcpu_wait_all_out); a vCPU
 	 * that does not come out within a second fails the update. */
-	if (!vcpu_wait_all_out(v->vm, 1000 * 1000))
-		return -ETIMEDOUT;
-	return vcpu_state_capture_parked(v, arg);
+	if (vcpu_wait_all_out(v->vm, 1000 * 1000))
+		ret = vcpu_state_capture_parked_early(v, a->s, early_send, a);
+	if (ret < 0)
+		__atomic_store_n(&a->fin->failed, true, __ATOMIC_SEQ_CST);
+	/* The last one sends, if all went well. */
+	if (__atomic_sub_fetch(&a->fin->left, 1, __ATOMIC_ACQ_REL) == 0 &&
+	    !__atomic_load_n(&a->fin->failed, __ATOMIC_SEQ_CST))
+		capture_finish(a->fin);
+	return ret;
 }
 
 /* New side. The registry lands in *cs (the way back, for a live cpr-exec).
@@ -1029,11 +1233,12 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	struct qmp_server *qmp = NULL;
 	struct vm *vm = NULL;
 	int fds[CPR_MAX_FDS], nfds = 0, dummy[CPR_MAX_FDS], ndummy;
-	uint8_t *buf = NULL;
+	uint8_t *buf = NULL, *early_buf = NULL;
+	struct vcpu_state *early_tmp = NULL;
 	size_t len;
 	bool have_idx = false;
 	uint64_t t_adopt, t_built;
-	int ret;
+	int ret, early_fd = -1;
 
 	chardev_keep_socket_files = true;
 	/* Phase 1, the guest still runs: fds and configuration; build the VM. */
@@ -1130,9 +1335,31 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		if (ret < 0)
 			goto out_refuse;
 	}
+	/* Early state ("Early state"), if the old side sends it: buffers
+	 * touched now, not in the blackout. */
+	early_fd = dup_claim(cs, "vcpu-early");
+	if (early_fd >= 0) {
+		early_buf = malloc(VCPU_EARLY_MAX);
+		early_tmp = malloc(sizeof(*early_tmp));
+		for (int i = 0; early_buf && early_tmp && i < vm->nr_vcpus; i++) {
+			struct vcpu *v = &vm->vcpus[i];
+
+			if (!v->early && (v->early = calloc(1, sizeof(*v->early))))
+				touch_pages(v->early, sizeof(*v->early));
+		}
+		if (!early_buf || !early_tmp) {
+			close(early_fd);
+			early_fd = -1;
+		} else {
+			touch_pages(early_buf, VCPU_EARLY_MAX);
+			touch_pages(early_tmp, sizeof(*early_tmp));
+		}
+	}
 	cpr_warm_heap(cfg->nr_cpus); /* last: what phase 1 allocated is not in it */
+	cpr_prefault();
 	cpr_batch_end(vm);
 	cpr_place_vcpus(vm, cs);
+	cpr_place_main(cs);
 	trace_mark("P");
 	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
@@ -1142,7 +1369,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	/* Phase 2, the guest stopped: the state. It comes within about a
 	 * millisecond (the old side stops the guest on 'P'): wait for it on
 	 * the CPU, then get the vCPU threads onto one while it is applied. */
-	xfer_spin_readable(sock, 20000);
+	xfer_wait_state(sock, early_fd, vm, early_buf, early_tmp, 20000);
 	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
 	if (ret == 0)
 		vm_resume_soon(vm);
@@ -1195,6 +1422,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	goto out;
 out_refuse:
 	cpr_batch_end(vm);
+	cpr_unplace_main();
 	/* Tell the old side, which resumes the guest (or never stopped it). */
 	xfer_refuse(sock, why);
 	for (int i = 0; i < nfds; i++)
@@ -1207,6 +1435,10 @@ out_refuse:
 		vm_destroy(vm);
 	cs->nr_fds = 0;
 out:
+	if (early_fd >= 0)
+		close(early_fd);
+	free(early_buf);
+	free(early_tmp);
 	if (have_idx)
 		stream_index_free(&idx);
 	free(snap.vcpus);
@@ -1275,21 +1507,36 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
 	/* Filled by the vCPU threads as they park. */
 	struct vcpu_state *vstates = calloc(vm->nr_vcpus, sizeof(*vstates));
+	struct capture_arg *cargs = calloc(vm->nr_vcpus, sizeof(*cargs));
 	void **vargs = calloc(vm->nr_vcpus, sizeof(*vargs));
 	struct machine_state ms;
 	struct sbuf b = SBUF_INIT;
 	int ret, nfds = 0;
-	int fds[CPR_MAX_FDS];
+	int fds[CPR_MAX_FDS], early[2] = { -1, -1 };
+	struct capture_fin fin = { .vm = vm, .cs = cs, .ho = ho, .vstates = vstates, .b = &b,
+				   .sock = sock, .left = vm->nr_vcpus };
 	bool stopped = false;
 	char c;
 
-	if (!cs || !ho || !vstates || !vargs) {
+	if (!cs || !ho || !vstates || !cargs || !vargs) {
 		ret = set_err(why, whylen, -ENOMEM, "out of memory");
 		goto out;
 	}
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vargs[i] = memset(&vstates[i], 0, sizeof(vstates[i])); /* touched now */
+	/* Early state: a channel of its own, one message per vCPU. */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, early) < 0)
+		early[0] = early[1] = -1;
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		cargs[i].s = &vstates[i];
+		touch_pages(&vstates[i], sizeof(vstates[i])); /* now, not in the blackout */
+		cargs[i].early_fd = early[0];
+		cargs[i].buf = early[0] >= 0 ? malloc(VCPU_EARLY_MAX) : NULL;
+		if (cargs[i].buf)
+			touch_pages(cargs[i].buf, VCPU_EARLY_MAX);
+		cargs[i].fin = &fin;
+		vargs[i] = &cargs[i];
+	}
 	cpr_warm_heap(vm->nr_vcpus);
+	cpr_prefault();
 	/* Phase 1, the guest still running: fds (the registry's "fd" is the
 	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
 	chardev_export(vm->serial_chr, ho);
@@ -1299,6 +1546,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 			{ "qmp", cpr.qmp_fd },
 			{ "serial0-listen", ho->listen_fd },
 			{ "serial0-conn", ho->conn_fd },
+			{ "vcpu-early", early[1] },
 		};
 		for (size_t i = 0; i < ARRAY_SIZE(out); i++) {
 			if (out[i].fd < 0)
@@ -1314,6 +1562,12 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		cs->vcpu_tid[i] = (uint32_t)vm->vcpus[i].tid;
 		cs->vcpu_tid_len += sizeof(cs->vcpu_tid[0]);
 	}
+	for (int i = 0; i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
+		int rt = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
+
+		cs->run_tid[i] = (uint32_t)(rt > 0 ? rt : vm->vcpus[i].tid);
+		cs->run_tid_len += sizeof(cs->run_tid[0]);
+	}
 	snapshot_machine(vm, &ms, RAM_IN_FD);
 	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
@@ -1323,8 +1577,16 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		set_err(why, whylen, ret, "cannot send the configuration: %s", strerror(-ret));
 		goto out_fail;
 	}
-	sbuf_free(&b);
-	b = (struct sbuf)SBUF_INIT;
+	/* Phase 2's stream is built on a vCPU thread, whose malloc arena is
+	 * cold: room for all of it now, touched (the whole VM is ~10 KiB per
+	 * vCPU, plus up to 64 KiB of serial output not yet written). */
+	b.len = 0;
+	if (sbuf_reserve(&b, (128u << 10) + (size_t)vm->nr_vcpus * (96u << 10)) == 0)
+		touch_pages(b.data, b.cap);
+	if (early[1] >= 0) { /* the new side has its own copy */
+		close(early[1]);
+		early[1] = -1;
+	}
 	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
 	if (ret < 0)
 		goto out_fail;
@@ -1354,28 +1616,17 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		goto out_fail;
 	}
 	stopped = true;
+	/* The capture jobs read the state and send it (capture_finish). */
 	ret = vcpu_jobs_wait(vm);
-	trace_mark("captured");
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot read the vCPUs' state: %s", strerror(-ret));
 		goto out_fail;
 	}
-	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
-		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
-
-		send(sock, &over, sizeof(over), MSG_NOSIGNAL);
-		ret = set_err(why, whylen, -ESHUTDOWN,
-			      "the guest powered off or crashed during the update");
+	ret = fin.sent ? fin.ret : -EIO;
+	if (ret == -ESHUTDOWN) {
+		set_err(why, whylen, ret, "the guest powered off or crashed during the update");
 		goto out_fail;
 	}
-	cs->paused_ns = cs->captured_ns = now_ns();
-	chardev_set_frozen(vm->serial_chr, true);
-	chardev_export(vm->serial_chr, ho);
-	ret = cpr_build_stream(vm, ho, cs, vstates, &b);
-	trace_mark("built");
-	if (ret == 0)
-		ret = xfer_send_msg(sock, &b, NULL, 0);
-	trace_mark("sent");
 	/* Until the answer, and for good once the guest runs there, this task
 	 * must not take a CPU from the new side's vCPUs: woken by the answer
 	 * at normal priority it would preempt one of them. SCHED_BATCH (see
@@ -1440,6 +1691,12 @@ out_fail:
 	}
 out:
 	vm_emit_stop(vm); /* if still owed (a guest left stopped) */
+	for (int i = 0; i < 2; i++)
+		if (early[i] >= 0)
+			close(early[i]);
+	for (int i = 0; cargs && i < vm->nr_vcpus; i++)
+		free(cargs[i].buf);
+	free(cargs);
 	sbuf_free(&b);
 	free(vargs);
 	free(vstates);

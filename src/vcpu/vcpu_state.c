@@ -194,12 +194,9 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 	return 0;
 }
 
-/* Everything but MP state, registers and events. */
-static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
+static int save_xsave(struct vcpu *v, struct vcpu_state *s)
 {
 	struct vm *vm = v->vm;
-	struct kvm_msrs *buf;
-	int ret;
 
 	if (vm->xsave_size > VCPU_XSAVE_MAX)
 		return -E2BIG;
@@ -207,8 +204,15 @@ static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
 		  s->xsave) < 0)
 		return -errno;
 	s->xsave_len = vm->xsave_size;
-	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0)
-		return -errno;
+	return 0;
+}
+
+static int save_msrs(struct vcpu *v, struct vcpu_state *s)
+{
+	struct vm *vm = v->vm;
+	struct kvm_msrs *buf;
+	int ret;
+
 	if (vm->nr_msr_indices > VCPU_MAX_MSRS)
 		return -E2BIG;
 	buf = msrs_alloc(vm->nr_msr_indices);
@@ -226,21 +230,38 @@ static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
 	s->nr_msrs = vm->nr_msr_indices;
 	memcpy(s->msrs, buf->entries, s->nr_msrs * sizeof(buf->entries[0]));
 	free(buf);
-	if (ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0)
+	return 0;
+}
+
+static void save_tsc_offset(struct vcpu *v, struct vcpu_state *s)
+{
+	struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
+					 .attr = KVM_VCPU_TSC_OFFSET,
+					 .addr = (uintptr_t)&s->tsc_offset };
+
+	s->have_tsc_offset = ioctl(v->fd, KVM_GET_DEVICE_ATTR, &attr) == 0;
+}
+
+/* Everything but MP state, registers and events. */
+static int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
+{
+	int ret;
+
+	if ((ret = save_xsave(v, s)) < 0)
+		return ret;
+	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0)
 		return -errno;
-	if (ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
+	if ((ret = save_msrs(v, s)) < 0)
+		return ret;
+	if (ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0 ||
+	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
 		return -errno;
-	{
-		struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
-						 .attr = KVM_VCPU_TSC_OFFSET,
-						 .addr = (uintptr_t)&s->tsc_offset };
-		s->have_tsc_offset = ioctl(v->fd, KVM_GET_DEVICE_ATTR, &attr) == 0;
-	}
+	save_tsc_offset(v, s);
 	return 0;
 }
 
 static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host,
-			  bool skip_base);
+			  bool skip_base, bool skip_early);
 
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 {
@@ -265,7 +286,7 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 	} else if (ioctl(v->fd, KVM_SET_SREGS, &s->sregs) < 0) {
 		return -errno;
 	}
-	ret = vcpu_load_rest(v, s, same_host, false);
+	ret = vcpu_load_rest(v, s, same_host, false, false);
 	if (ret < 0)
 		return ret;
 	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
@@ -273,27 +294,18 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 	return 0;
 }
 
-/* XSAVE, XCRs, debug registers, LAPIC, MSRs, TSC offset, in that order.
- * skip_base: leave out what equals the fresh vCPU's base. */
-static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host,
-			  bool skip_base)
+static int load_xsave(struct vcpu *v, const struct vcpu_state *s)
 {
-	struct vm *vm = v->vm;
+	if (s->xsave_len > v->vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
+		return -EOPNOTSUPP;
+	return ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0 ? -errno : 0;
+}
+
+static int load_msrs(struct vcpu *v, const struct vcpu_state *s)
+{
 	struct kvm_msrs *buf;
 	int ret;
 
-	if (s->xsave_len > vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
-		return -EOPNOTSUPP;
-	if (ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0)
-		return -errno;
-	if (!(skip_base && !memcmp(&s->xcrs, &v->base.xcrs, sizeof(s->xcrs))) &&
-	    ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
-		return -errno;
-	if (!(skip_base && !memcmp(&s->debugregs, &v->base.debugregs, sizeof(s->debugregs))) &&
-	    ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
-		return -errno;
-	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
-		return -errno;
 	if (s->nr_msrs > VCPU_MAX_MSRS)
 		return -EINVAL;
 	buf = msrs_alloc(s->nr_msrs);
@@ -305,17 +317,46 @@ static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_
 	free(buf);
 	if (ret != (int)s->nr_msrs)
 		return ret < 0 ? -errno : -EIO;
-	/* After the MSRs: writing IA32_TSC set an offset of its own. On the
-	 * same host the old offset makes the guest TSC continue on real time
-	 * (no freeze, no jump); see Documentation/virt/kvm/devices/vcpu.rst. */
-	if (same_host && s->have_tsc_offset) {
-		struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
-						 .attr = KVM_VCPU_TSC_OFFSET,
-						 .addr = (uintptr_t)&s->tsc_offset };
-		if (ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0)
-			return -errno;
-	}
 	return 0;
+}
+
+/* After the MSRs: writing IA32_TSC set an offset of its own. On the same
+ * host the old offset makes the guest TSC continue on real time (no
+ * freeze, no jump); see Documentation/virt/kvm/devices/vcpu.rst. */
+static int load_tsc_offset(struct vcpu *v, const struct vcpu_state *s, bool same_host)
+{
+	struct kvm_device_attr attr = { .group = KVM_VCPU_TSC_CTRL,
+					 .attr = KVM_VCPU_TSC_OFFSET,
+					 .addr = (uintptr_t)&s->tsc_offset };
+
+	if (!same_host || !s->have_tsc_offset)
+		return 0;
+	return ioctl(v->fd, KVM_SET_DEVICE_ATTR, &attr) < 0 ? -errno : 0;
+}
+
+/* XSAVE, XCRs, debug registers, LAPIC, MSRs, TSC offset, in that order.
+ * skip_base: leave out what equals the fresh vCPU's base; skip_early:
+ * XSAVE, LAPIC, MSRs and TSC offset, set already (vcpu_state_apply_early). */
+static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host,
+			  bool skip_base, bool skip_early)
+{
+	int ret;
+
+	if (!skip_early && (ret = load_xsave(v, s)) < 0)
+		return ret;
+	if (!(skip_base && !memcmp(&s->xcrs, &v->base.xcrs, sizeof(s->xcrs))) &&
+	    ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
+		return -errno;
+	if (!(skip_base && !memcmp(&s->debugregs, &v->base.debugregs, sizeof(s->debugregs))) &&
+	    ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
+		return -errno;
+	if (skip_early)
+		return 0;
+	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
+		return -errno;
+	if ((ret = load_msrs(v, s)) < 0)
+		return ret;
+	return load_tsc_offset(v, s, same_host);
 }
 
 int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s)
@@ -387,6 +428,14 @@ static bool sregs_paging_needs_pdptrs(uint64_t cr0, uint64_t cr4, uint64_t efer)
 
 int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 {
+	return vcpu_state_capture_parked_early(v, s, NULL, NULL);
+}
+
+int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
+				    void (*early)(void *ctx, struct vcpu *v,
+						  const struct vcpu_state *s),
+				    void *ctx)
+{
 	struct vm *vm = v->vm;
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	int ret;
@@ -396,6 +445,15 @@ int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 	ret = vcpu_save_head(v, s);
 	if (ret < 0)
 		return ret;
+	/* What the new side sets first, before the registers (it sets
+	 * those last, and entering no guest nothing here changes them). */
+	if ((ret = save_xsave(v, s)) < 0 || (ret = save_msrs(v, s)) < 0)
+		return ret;
+	if (ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0)
+		return -errno;
+	save_tsc_offset(v, s);
+	if (early)
+		early(ctx, v, s);
 	/* Then the registers, through kvm_run. */
 	v->run->kvm_valid_regs = SYNC_ALL;
 	ret = vcpu_sync_run(v);
@@ -412,12 +470,121 @@ int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 			return -errno;
 		s->have_sregs2 = 1;
 	}
-	ret = vcpu_save_rest(v, s);
-	if (ret < 0)
-		return ret;
+	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
+	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
+		return -errno;
 	/* The events as KVM_RUN left them: a parked vCPU's cannot change
 	 * meanwhile (only entering the guest injects or queues events). */
 	s->events = sr->events;
+	return 0;
+}
+
+/* --- early state (live update) ------------------------------------------- */
+
+#define EARLY_MAGIC 0x45525043u /* "CPRE" */
+#define EARLY_VERSION 1
+
+struct early_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t vcpu_id;
+	uint32_t xsave_len;
+	uint32_t nr_msrs;
+	uint32_t lapic_len;
+	uint32_t have_tsc_offset;
+	uint64_t tsc_offset;
+};
+
+_Static_assert(sizeof(struct early_hdr) == VCPU_EARLY_HDR, "early header size");
+
+size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, void *buf, size_t len)
+{
+	struct early_hdr h = {
+		.magic = EARLY_MAGIC, .version = EARLY_VERSION, .vcpu_id = (uint16_t)vcpu_id,
+		.xsave_len = s->xsave_len, .nr_msrs = s->nr_msrs,
+		.lapic_len = sizeof(s->lapic), .have_tsc_offset = s->have_tsc_offset,
+		.tsc_offset = s->tsc_offset,
+	};
+	size_t msrs = (size_t)s->nr_msrs * sizeof(s->msrs[0]);
+	size_t need = sizeof(h) + s->xsave_len + sizeof(s->lapic) + msrs;
+	uint8_t *p = buf;
+
+	if (vcpu_id > UINT16_MAX || s->xsave_len > VCPU_XSAVE_MAX ||
+	    s->nr_msrs > VCPU_MAX_MSRS || need > len)
+		return 0;
+	memcpy(p, &h, sizeof(h));
+	p += sizeof(h);
+	memcpy(p, s->xsave, s->xsave_len);
+	p += s->xsave_len;
+	memcpy(p, &s->lapic, sizeof(s->lapic));
+	p += sizeof(s->lapic);
+	memcpy(p, s->msrs, msrs);
+	return need;
+}
+
+int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, struct vcpu_state *s)
+{
+	const uint8_t *p = buf;
+	struct early_hdr h;
+	size_t msrs;
+
+	if (len < sizeof(h))
+		return -EINVAL;
+	memcpy(&h, p, sizeof(h));
+	if (h.magic != EARLY_MAGIC || h.version != EARLY_VERSION ||
+	    h.lapic_len != sizeof(s->lapic) || h.xsave_len > VCPU_XSAVE_MAX ||
+	    h.nr_msrs > VCPU_MAX_MSRS || h.have_tsc_offset > 1)
+		return -EINVAL;
+	msrs = (size_t)h.nr_msrs * sizeof(s->msrs[0]);
+	if (len != sizeof(h) + h.xsave_len + h.lapic_len + msrs)
+		return -EINVAL;
+	p += sizeof(h);
+	s->xsave_len = h.xsave_len;
+	memcpy(s->xsave, p, h.xsave_len);
+	p += h.xsave_len;
+	memcpy(&s->lapic, p, sizeof(s->lapic));
+	p += sizeof(s->lapic);
+	s->nr_msrs = h.nr_msrs;
+	memcpy(s->msrs, p, msrs);
+	s->have_tsc_offset = (uint8_t)h.have_tsc_offset;
+	s->tsc_offset = h.tsc_offset;
+	*vcpu_id = h.vcpu_id;
+	return 0;
+}
+
+/* The parts of the early state that were set, compared with the stream's. */
+static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s)
+{
+	return e->xsave_len == s->xsave_len && !memcmp(e->xsave, s->xsave, s->xsave_len) &&
+	       !memcmp(&e->lapic, &s->lapic, sizeof(s->lapic)) && e->nr_msrs == s->nr_msrs &&
+	       !memcmp(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0])) &&
+	       e->have_tsc_offset == s->have_tsc_offset &&
+	       (!s->have_tsc_offset || e->tsc_offset == s->tsc_offset);
+}
+
+int vcpu_state_apply_early(struct vcpu *v, const struct vcpu_state *s)
+{
+	struct vcpu_state *e = v->early;
+	int ret;
+
+	v->early_set = false;
+	if (!e)
+		return -ENOMEM;
+	/* In the order of vcpu_load_rest, same host (a live update). */
+	if ((ret = load_xsave(v, s)) < 0)
+		return ret;
+	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
+		return -errno;
+	if ((ret = load_msrs(v, s)) < 0 || (ret = load_tsc_offset(v, s, true)) < 0)
+		return ret;
+	e->xsave_len = s->xsave_len;
+	memcpy(e->xsave, s->xsave, s->xsave_len);
+	e->lapic = s->lapic;
+	e->nr_msrs = s->nr_msrs;
+	memcpy(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0]));
+	e->have_tsc_offset = s->have_tsc_offset;
+	e->tsc_offset = s->tsc_offset;
+	v->early_set = true;
 	return 0;
 }
 
@@ -442,7 +609,7 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	const bool base = v->base.valid;
 	struct kvm_sregs sregs;
-	bool sync;
+	bool sync, early;
 	int ret;
 
 	if (!vm->have_sync_regs || !base)
@@ -485,7 +652,13 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 		    ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
 			return -errno;
 	}
-	ret = vcpu_load_rest(v, s, same_host, true);
+	/* What was set ahead stands if the stream says the same, and nothing
+	 * was set in between that resets it (MP state, the APIC base). */
+	early = v->early_set && sync && same_host &&
+		!memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) &&
+		early_matches(v->early, s);
+	v->early_set = false;
+	ret = vcpu_load_rest(v, s, same_host, true, early);
 	if (ret < 0)
 		return ret;
 	/* Whatever set them, the base values are gone now. */

@@ -62,6 +62,26 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
  * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
  * what equals the fresh vCPU's base is not set again). */
 int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s);
+/* As vcpu_state_capture_parked, but XSAVE, the LAPIC, the MSRs and the TSC
+ * offset are read first and handed to early(ctx, v, s) at once (a live
+ * update sends them ahead, for the new side to set while the rest is read:
+ * vcpu_state_apply_early); MP state comes before them. */
+int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
+				    void (*early)(void *ctx, struct vcpu *v,
+						  const struct vcpu_state *s),
+				    void *ctx);
+/* Sets what the early callback was given (XSAVE, LAPIC, MSRs, TSC offset;
+ * s holds those only) into v, from any thread of this process while v's
+ * thread is parked, and keeps a copy in v->early. */
+int vcpu_state_apply_early(struct vcpu *v, const struct vcpu_state *s);
+/* The early part as one message and back. encode: bytes written into buf
+ * (0 if it does not fit); decode: 0, or -EINVAL for anything malformed. */
+#define VCPU_EARLY_HDR 32
+#define VCPU_EARLY_MAX                                                        \
+	(VCPU_EARLY_HDR + VCPU_XSAVE_MAX + sizeof(struct kvm_lapic_state) +    \
+	 VCPU_MAX_MSRS * sizeof(struct kvm_msr_entry))
+size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, void *buf, size_t len);
+int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, struct vcpu_state *s);
 int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host);
 /* Reads a fresh vCPU's base (before its restore, off the critical path). */
 int vcpu_state_read_base(struct vcpu *v);

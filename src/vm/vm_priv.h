@@ -42,6 +42,7 @@ struct vcpu {
 	void *job_arg;
 	int job_ret;
 	bool job_claimed; /* whoever runs it (its thread, or the poster) */
+	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
 	bool placed, placed_batch;
 	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
@@ -55,6 +56,11 @@ struct vcpu {
 		struct kvm_debugregs debugregs;
 		uint64_t apic_base;
 	} base;
+	/* Live update, new side: what was set ahead of the rest of the state
+	 * (vcpu_state_apply_early); the restore skips it when the stream has
+	 * the same. NULL: nothing. */
+	struct vcpu_state *early;
+	bool early_set;
 };
 
 struct vm {
