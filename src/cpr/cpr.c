@@ -467,6 +467,12 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  *               + a stream with "machine" and "cpr" (the fd registry)
  *   new -> old  'P'               VM built over those fds, ready for state
  *               'F' reason\0      refused (the guest never stopped)
+ *   old -> new  early state (guest stopped), on a channel of its own that
+ *               came with phase 1's fds ("vcpu-early", SOCK_SEQPACKET): one
+ *               message per vCPU, XSAVE + LAPIC + MSRs + TSC offset, sent by
+ *               each vCPU thread as soon as it has read them. The new side
+ *               sets them while the rest is read; the stream below still
+ *               carries everything and wins (see "Early state").
  *   old -> new  phase 2 (guest stopped): header + the whole state stream
  *   new -> old  'R'               state applied: the guest is the new one's
  *                                 from here on (it starts at once)
@@ -1142,6 +1148,15 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	return vcpu_state_read_base(v);
 }
 
+/* Early state. Setting a vCPU's state costs 4 ioctls before the registers
+ * (XSAVE, LAPIC, MSRs, TSC offset; ~15 us each here) and reading it 8, so
+ * the two overlap: each old vCPU thread reads those four first and sends
+ * them at once on the "vcpu-early" channel (vcpu_early.c), then reads the
+ * rest; the new side's main thread sets them as they come (xfer_take_early)
+ * and the restore sets them again only if the stream says otherwise
+ * (vcpu_state_apply_parked). Nothing depends on it: without the channel,
+ * or with a message lost or refused, the restore sets everything. */
+
 /* Old side: the stream goes out from the vCPU thread that finishes its
  * capture last, on the CPU the guest ran on, while this process's main
  * thread only waits: on a host with few CPUs, the new side works on the
@@ -1335,7 +1350,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		if (ret < 0)
 			goto out_refuse;
 	}
-	/* Early state ("Early state"), if the old side sends it: buffers
+	/* Early state (see "Early state"), if the old side sends it: buffers
 	 * touched now, not in the blackout. */
 	early_fd = dup_claim(cs, "vcpu-early");
 	if (early_fd >= 0) {
@@ -1845,6 +1860,7 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 		ret = set_err(err, errlen, -errno, "cpr-exec: keeper: %s", strerror(errno));
 		goto out;
 	}
+	vm->keeper_pid = keeper;
 	ret = vcpu_runners_start(vm);
 	if (ret < 0) {
 		set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");

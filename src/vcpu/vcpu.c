@@ -8,6 +8,7 @@
  * then parks on vm->cond until the request is withdrawn. */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <fcntl.h>
@@ -74,6 +75,7 @@ int vcpu_init(struct vcpu *v, struct vm *vm, int id)
 	v->vm = vm;
 	v->id = id;
 	v->run_cpu = -1;
+	v->keeper_fd = -1;
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, id);
 	if (v->fd < 0)
 		return -errno;
@@ -282,6 +284,14 @@ bool vcpu_wait_all_out(struct vm *vm, unsigned max_us)
 	return SPIN_WHILE(__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) < want, end);
 }
 
+/* A runner: whether the keeper is gone (its pidfd readable). */
+static bool keeper_gone(struct vcpu *v)
+{
+	struct pollfd p = { .fd = v->keeper_fd, .events = POLLIN };
+
+	return v->keeper_fd >= 0 && poll(&p, 1, 0) > 0;
+}
+
 /* Parks while a pause is requested. Returns false if the loop must end. */
 static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
@@ -315,6 +325,20 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 				pthread_mutex_lock(&vm->lock);
 				continue;
 			}
+		}
+		if (runner && v->keeper_fd >= 0) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 100000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+			if (keeper_gone(v))
+				v->runner_exit = true;
+			continue;
 		}
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	}
@@ -396,6 +420,10 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 				if (v->run_sigmask)
 					vcpu_eat_kick();
 				owed = false;
+				if (runner && keeper_gone(v)) {
+					pr_err("vCPU %d: the cpr keeper is gone; the guest stops", v->id);
+					__atomic_store_n(&v->runner_exit, true, __ATOMIC_SEQ_CST);
+				}
 				continue;
 			}
 			char why[96];
@@ -466,6 +494,10 @@ static void *vcpu_thread(void *arg)
  * the runners and hands the state over at the end, and ends them if the
  * process dies. If the exec fails, the runners give the vCPUs back.
  *
+ * A runner ends itself if the keeper dies (a bug; seen once, an abort in
+ * it): it checks on a 100 ms timer, while it runs the guest or waits,
+ * rather than run a guest for no one, its RAM held, forever.
+ *
  * Runners exist only for an update: a process whose vCPUs run in other
  * processes would outlive a SIGKILL by as long as its address space takes
  * to tear down (its sockets with it). The price is a short stop of each
@@ -478,6 +510,8 @@ static int vcpu_runner_main(void *arg)
 {
 	struct vcpu *v = arg;
 	struct vm *vm = v->vm;
+	timer_t keeper_timer;
+	bool have_timer = false;
 	sigset_t set;
 	char name[16];
 
@@ -491,11 +525,31 @@ static int vcpu_runner_main(void *arg)
 		sigaddset(&set, VCPU_KICK_SIGNAL);
 		sigprocmask(SIG_UNBLOCK, &set, NULL);
 	}
+	/* The keeper's pulse: a pidfd, looked at on a 100 ms timer (its
+	 * signal is the kick's: KVM_RUN returns, the loop looks). */
+	v->keeper_fd = vm->keeper_pid > 0 ? (int)syscall(SYS_pidfd_open, vm->keeper_pid, 0) : -1;
+	if (v->keeper_fd >= 0) {
+		struct sigevent ev = { .sigev_notify = SIGEV_THREAD_ID,
+				       .sigev_signo = VCPU_KICK_SIGNAL };
+		struct itimerspec its = { .it_value.tv_nsec = 100000000,
+					  .it_interval.tv_nsec = 100000000 };
+
+		ev._sigev_un._tid = (int)syscall(SYS_gettid);
+		if (timer_create(CLOCK_MONOTONIC, &ev, &keeper_timer) == 0) {
+			have_timer = true;
+			timer_settime(keeper_timer, 0, &its, NULL);
+		}
+	}
 	pthread_mutex_lock(&vm->lock);
 	v->runner_live = true;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	vcpu_loop(v, true);
+	if (have_timer)
+		timer_delete(keeper_timer);
+	if (v->keeper_fd >= 0)
+		close(v->keeper_fd);
+	v->keeper_fd = -1;
 	pthread_mutex_lock(&vm->lock);
 	v->runner_live = false;
 	pthread_cond_broadcast(&vm->cond);

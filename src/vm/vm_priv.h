@@ -43,6 +43,7 @@ struct vcpu {
 	int job_ret;
 	bool job_claimed; /* whoever runs it (its thread, or the poster) */
 	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
+	int keeper_fd; /* runner: a pidfd of the cpr keeper, -1 if none */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
 	bool placed, placed_batch;
 	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
@@ -112,6 +113,9 @@ struct vm {
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
 	bool handed_over;
+	/* Live cpr-exec: the keeper that will end the runners (cpr.c); a
+	 * runner that finds it gone ends itself (vcpu.c, "Runners"). */
+	int keeper_pid;
 
 	struct migration migration;
 	enum vm_run_state state;

@@ -2,6 +2,7 @@
 running guest, same PID; the guest, its console clients and the QMP socket
 carry on."""
 import os
+import signal
 import random
 import re
 import socket
@@ -569,6 +570,45 @@ def test_guest_powers_off_during_update(vms, tmp_path, mode):
     assert vm.proc.wait(20) == 0
     err = open(new_err).read()
     assert "the guest powered off or crashed during the update" in err, err
+
+
+def test_keeper_killed_during_cpr_exec_runners_end(vms):
+    # The keeper (the old image's part that hands the guest over) dies in
+    # the middle of a live cpr-exec (a bug, or a kill): the vCPU runners it
+    # would have ended must not run the guest for no one, holding its RAM.
+    vm = vms(cmdline="heartbeat=5000", memory="256M",
+             env={"CPRVM_TEST_XFER_FAULT": "slow-build"})
+    vm.serial.wait(r"^HB 5$", timeout=10)
+    q = qmp_when_ready(vm)
+    q.ok("migrate-set-parameters", mode="cpr-exec")
+    assert q.cmd("migrate", uri="memfd:") == {"return": {}}
+    q.close()
+    pid = vm.proc.pid
+
+    def children():
+        out = []
+        for d in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    st = f.read()
+            except (OSError, ValueError):
+                continue
+            fields = st[st.rindex(")") + 2:].split()
+            if int(fields[1]) == pid:
+                out.append((int(d), st[st.index("(") + 1:st.rindex(")")], fields[0]))
+        return out
+
+    live = wait_for(lambda: [c for c in children() if c[1].endswith("-live")], 5, "the runners")
+    keeper = [c for c in children() if not c[1].endswith("-live") and c[2] != "Z"]
+    assert len(keeper) == 1, children()
+    os.kill(keeper[0][0], signal.SIGKILL)
+
+    def ended():
+        now = {c[0]: c[2] for c in children()}
+        return all(now.get(r[0], "Z") == "Z" for r in live)
+    wait_for(ended, 10, "the runners to end")
+    vm.proc.kill()
+    vm.proc.wait(10)
 
 
 def test_vmm_killed_during_cpr_exec_leaves_nothing_running(vms):

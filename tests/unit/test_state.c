@@ -24,6 +24,7 @@
 #include "state/sbuf.h"
 #include "state/state.h"
 #include "state/stream.h"
+#include "vcpu/vcpu_state.h"
 
 #define ERRLEN 512
 
@@ -1210,9 +1211,61 @@ static void describe_json(void **state)
 	sbuf_free(&b);
 }
 
+/* A live update's early vCPU state (vcpu_early.c): what goes in comes out,
+ * and a message that is cut, padded or bent anywhere in its header is
+ * refused. */
+static void early_state_round_trip_and_refusals(void **st)
+{
+	static struct vcpu_state in, got;
+	static uint8_t buf[VCPU_EARLY_MAX + 16];
+	uint32_t id = 0;
+	size_t n;
+
+	(void)st;
+	in.xsave_len = 2696;
+	for (uint32_t i = 0; i < in.xsave_len; i++)
+		in.xsave[i] = (uint8_t)(i * 13 + 1);
+	for (size_t i = 0; i < sizeof(in.lapic.regs); i++)
+		in.lapic.regs[i] = (char)i;
+	in.nr_msrs = 40;
+	for (uint32_t i = 0; i < in.nr_msrs; i++) {
+		in.msrs[i].index = 0x10 + i;
+		in.msrs[i].data = 0x0123456789abcdefull ^ i;
+	}
+	in.have_tsc_offset = 1;
+	in.tsc_offset = (uint64_t)-987654321ll;
+	n = vcpu_early_encode(&in, 3, buf, sizeof(buf));
+	assert_int_equal(n, VCPU_EARLY_HDR + 2696 + sizeof(in.lapic) + 40 * 16);
+	assert_int_equal(vcpu_early_decode(buf, n, &id, &got), 0);
+	assert_int_equal(id, 3);
+	assert_int_equal(got.xsave_len, in.xsave_len);
+	assert_memory_equal(got.xsave, in.xsave, in.xsave_len);
+	assert_memory_equal(&got.lapic, &in.lapic, sizeof(in.lapic));
+	assert_int_equal(got.nr_msrs, in.nr_msrs);
+	assert_memory_equal(got.msrs, in.msrs, in.nr_msrs * sizeof(in.msrs[0]));
+	assert_int_equal(got.have_tsc_offset, 1);
+	assert_true(got.tsc_offset == in.tsc_offset);
+	/* Too small a buffer: nothing written. */
+	assert_int_equal(vcpu_early_encode(&in, 3, buf, n - 1), 0);
+	/* Every truncation, one byte more, and any change in the header. */
+	for (size_t len = 0; len < n; len++)
+		assert_int_equal(vcpu_early_decode(buf, len, &id, &got), -EINVAL);
+	assert_int_equal(vcpu_early_decode(buf, n + 1, &id, &got), -EINVAL);
+	for (size_t off = 0; off < VCPU_EARLY_HDR; off++) {
+		/* vcpu_id (bytes 6-7) and the TSC offset (24-31) take any value. */
+		if ((off >= 6 && off < 8) || off >= 24)
+			continue;
+		buf[off] ^= 0x40;
+		assert_int_equal(vcpu_early_decode(buf, n, &id, &got), -EINVAL);
+		buf[off] ^= 0x40;
+	}
+	assert_int_equal(vcpu_early_decode(buf, n, &id, &got), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(early_state_round_trip_and_refusals),
 		cmocka_unit_test(crc32c_vectors),
 		cmocka_unit_test(sbuf_basics),
 		cmocka_unit_test(writer_layout),
