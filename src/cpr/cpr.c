@@ -1406,10 +1406,15 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	if (xfer_fault("hang-with-state"))
 		for (;;)
 			pause();
+	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
+	if (ret < 0)
+		goto out_refuse;
+	have_idx = true;
 	{
-		/* The stop/paused stamps travel in phase 2's registry. */
+		/* The stop/paused stamps travel in phase 2's registry (read
+		 * from the index just made: the stream is parsed once). */
 		struct cpr_state *cs2 = calloc(1, sizeof(*cs2));
-		if (!cs2 || cpr_load_registry(buf, len, cs2, NULL, 0, why, whylen) < 0) {
+		if (!cs2 || stream_get_state(&idx, "cpr", &cpr_state_desc, cs2, why, whylen) < 0) {
 			free(cs2);
 			ret = -EINVAL;
 			goto out_refuse;
@@ -1420,10 +1425,6 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		cs->guest_paused = cs2->guest_paused;
 		free(cs2);
 	}
-	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
-	if (ret < 0)
-		goto out_refuse;
-	have_idx = true;
 	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
 	trace_mark("parsed");
 	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, true, &qmp, why, whylen);
