@@ -564,11 +564,6 @@ static void cpr_batch_end(struct vm *vm)
 			sched_setscheduler(vm->vcpus[i].tid, SCHED_OTHER, &sp);
 }
 
-/* The blackout allocates on this task's heap: the state as structs (a vCPU
- * is ~72 KiB with its XSAVE area), the stream, the serial's pending bytes.
- * Fresh heap pages cost a fault on first touch, ~1-5 us each here: touch
- * enough of them before the stop, and keep malloc from handing them back
- * (or from serving big blocks with new mappings). */
 /* Writes a byte into every page of [p, p + n). Not memset(p, 0, n): the
  * compiler turns malloc + memset 0 into calloc, and calloc leaves pages
  * fresh from the kernel untouched (they read as zero), which is the very
@@ -581,6 +576,11 @@ static void touch_pages(void *p, size_t n)
 		((volatile char *)p)[n - 1] = 0;
 }
 
+/* The blackout allocates on this task's heap: the state as structs (a vCPU
+ * is ~72 KiB with its XSAVE area), the stream, the serial's pending bytes.
+ * Fresh heap pages cost a fault on first touch, ~1-5 us each here: touch
+ * enough of them before the stop, and keep malloc from handing them back
+ * (or from serving big blocks with new mappings). */
 static void cpr_warm_heap(int nr_cpus)
 {
 	size_t n = (4u << 20) + (size_t)nr_cpus * (160u << 10);
@@ -624,8 +624,8 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
  * (the stream's parser, device adoption, the build on a vCPU thread) would
  * otherwise take a page fault per page, 1-3 us each here (traced: 16 of
  * them between parsing the state and adopting the devices). Read access
- * maps the page-cache pages; nothing is copied. */
-/* Reads across whole pages, redzones of the sanitizers' included. */
+ * maps the page-cache pages; nothing is copied. It reads across whole
+ * pages, the sanitizers' redzones included: not instrumented. */
 __attribute__((no_sanitize("address")))
 static int prefault_object(struct dl_phdr_info *info, size_t size, void *arg)
 {
@@ -647,19 +647,11 @@ static int prefault_object(struct dl_phdr_info *info, size_t size, void *arg)
 	return 0;
 }
 
-/* ... and the calling thread's stack, 64 KiB deep. */
-static void __attribute__((noinline)) prefault_stack(void)
-{
-	volatile char pad[64 << 10];
-
-	for (size_t i = 0; i < sizeof(pad); i += 4096)
-		pad[i] = 0;
-}
-
+/* ... and the calling thread's stack. */
 static void cpr_prefault(void)
 {
 	dl_iterate_phdr(prefault_object, NULL);
-	prefault_stack();
+	stack_touch();
 }
 
 /* Waits on the CPU until sock is readable, for at most max_us, setting
@@ -1579,9 +1571,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		cs->vcpu_tid_len += sizeof(cs->vcpu_tid[0]);
 	}
 	for (int i = 0; i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
-		int rt = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
-
-		cs->run_tid[i] = (uint32_t)(rt > 0 ? rt : vm->vcpus[i].tid);
+		cs->run_tid[i] = (uint32_t)vcpu_run_tid(&vm->vcpus[i]);
 		cs->run_tid_len += sizeof(cs->run_tid[0]);
 	}
 	snapshot_machine(vm, &ms, RAM_IN_FD);
@@ -1614,11 +1604,8 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 
 	/* Where each vCPU runs now: the new side pins its own there (see
 	 * "Placement"), and the old tasks step aside from it after 'R'. */
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		int rt = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
-
-		vm->vcpus[i].run_cpu = task_last_cpu(rt > 0 ? rt : vm->vcpus[i].tid);
-	}
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		vm->vcpus[i].run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
 	/* Phase 2: stop, capture, send. */
 	cs->stop_ns = now_ns();
 	trace_mark("stop");

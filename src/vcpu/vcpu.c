@@ -448,12 +448,9 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 	pthread_mutex_unlock(&vm->lock);
 }
 
-/* A live update reads the vCPU's state and builds the stream on this
- * thread's stack, with the guest stopped: fault its pages in at the start
- * instead (~2 us each here). */
-static void __attribute__((noinline)) vcpu_stack_touch(void)
+void __attribute__((noinline)) stack_touch(void)
 {
-	volatile char pad[48 << 10];
+	volatile char pad[64 << 10];
 
 	for (size_t i = 0; i < sizeof(pad); i += 4096)
 		pad[i] = 0;
@@ -467,7 +464,7 @@ static void *vcpu_thread(void *arg)
 
 	snprintf(name, sizeof(name), "vcpu%d", v->id);
 	pthread_setname_np(pthread_self(), name);
-	vcpu_stack_touch();
+	stack_touch(); /* a live update reads state and builds the stream here */
 	__atomic_store_n(&v->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
 	if (vcpu_set_run_sigmask(v) < 0) {
 		/* The old way: a handler. */
@@ -517,7 +514,7 @@ static int vcpu_runner_main(void *arg)
 
 	snprintf(name, sizeof(name), "vcpu%d-live", v->id);
 	prctl(PR_SET_NAME, name);
-	vcpu_stack_touch();
+	stack_touch();
 	/* Its mask came from the thread: the kick unblocked only inside
 	 * KVM_RUN (vcpu_set_run_sigmask), or, if that failed there, always. */
 	if (!v->run_sigmask) {
@@ -676,18 +673,23 @@ int task_last_cpu(int tid)
 	return cpu;
 }
 
+int vcpu_run_tid(const struct vcpu *v)
+{
+	int tid = __atomic_load_n(&v->runner_tid, __ATOMIC_ACQUIRE);
+
+	return tid > 0 ? tid : __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
+}
+
 void vcpu_all_step_aside(struct vm *vm)
 {
 	struct sched_param sp = { 0 };
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		int tid = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE);
+		bool runner = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE) > 0;
+		int tid = vcpu_run_tid(&vm->vcpus[i]);
 		int cpu = vm->vcpus[i].run_cpu;
-		bool runner = tid > 0;
 		cpu_set_t set;
 
-		if (tid <= 0)
-			tid = __atomic_load_n(&vm->vcpus[i].tid, __ATOMIC_ACQUIRE);
 		if (tid <= 0)
 			continue;
 		/* A runner's end holds a CPU ~2 ms here (a thread's is short):

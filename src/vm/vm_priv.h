@@ -142,6 +142,13 @@ int vm_warm_slot_remove(struct vm *vm);
 int vcpu_warm_up(struct vcpu *v);
 int vcpu_start(struct vcpu *v);
 void vcpu_kick(struct vcpu *v);
+/* The task that runs v's guest now: its runner (live cpr-exec), else its
+ * thread; 0 if neither has started. */
+int vcpu_run_tid(const struct vcpu *v);
+/* Faults in 64 KiB of the calling thread's stack, so that a live update's
+ * blackout, whose work runs on that stack, takes no fault there (~2 us each
+ * here). */
+void stack_touch(void);
 /* Waits on the CPU (pause instruction, yielding to other runnable tasks)
  * until *flag == want or max_us have passed; true if it got there. For the
  * live-update blackout, where the other side answers within microseconds

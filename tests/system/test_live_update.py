@@ -572,10 +572,9 @@ def test_guest_powers_off_during_update(vms, tmp_path, mode):
     assert "the guest powered off or crashed during the update" in err, err
 
 
-def test_keeper_killed_during_cpr_exec_runners_end(vms):
-    # The keeper (the old image's part that hands the guest over) dies in
-    # the middle of a live cpr-exec (a bug, or a kill): the vCPU runners it
-    # would have ended must not run the guest for no one, holding its RAM.
+def start_slow_cpr_exec(vms):
+    """A live cpr-exec whose new image takes 2 s to build its VM: meanwhile
+    the old image's runners run the guest and its keeper waits."""
     vm = vms(cmdline="heartbeat=5000", memory="256M",
              env={"CPRVM_TEST_XFER_FAULT": "slow-build"})
     vm.serial.wait(r"^HB 5$", timeout=10)
@@ -583,28 +582,42 @@ def test_keeper_killed_during_cpr_exec_runners_end(vms):
     q.ok("migrate-set-parameters", mode="cpr-exec")
     assert q.cmd("migrate", uri="memfd:") == {"return": {}}
     q.close()
+    return vm
+
+
+def processes(parents):
+    """(pid, name, state, threads, parent) of each process whose parent is
+    in parents."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except (OSError, ValueError):
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[1]) in parents:
+            tasks = len(os.listdir("/proc/%s/task" % d)) if os.path.isdir(
+                "/proc/%s/task" % d) else 0
+            out.append((int(d), st[st.index("(") + 1:st.rindex(")")], fields[0], tasks,
+                        int(fields[1])))
+    return out
+
+
+def test_keeper_killed_during_cpr_exec_runners_end(vms):
+    # The keeper (the old image's part that hands the guest over) dies in
+    # the middle of a live cpr-exec (a bug, or a kill): the vCPU runners it
+    # would have ended must not run the guest for no one, holding its RAM.
+    vm = start_slow_cpr_exec(vms)
     pid = vm.proc.pid
-
-    def children():
-        out = []
-        for d in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    st = f.read()
-            except (OSError, ValueError):
-                continue
-            fields = st[st.rindex(")") + 2:].split()
-            if int(fields[1]) == pid:
-                out.append((int(d), st[st.index("(") + 1:st.rindex(")")], fields[0]))
-        return out
-
-    live = wait_for(lambda: [c for c in children() if c[1].endswith("-live")], 5, "the runners")
-    keeper = [c for c in children() if not c[1].endswith("-live") and c[2] != "Z"]
-    assert len(keeper) == 1, children()
+    live = wait_for(lambda: [c for c in processes({pid}) if c[1].endswith("-live")], 5,
+                    "the runners")
+    keeper = [c for c in processes({pid}) if not c[1].endswith("-live") and c[2] != "Z"]
+    assert len(keeper) == 1, processes({pid})
     os.kill(keeper[0][0], signal.SIGKILL)
 
     def ended():
-        now = {c[0]: c[2] for c in children()}
+        now = {c[0]: c[2] for c in processes({pid})}
         return all(now.get(r[0], "Z") == "Z" for r in live)
     wait_for(ended, 10, "the runners to end")
     vm.proc.kill()
@@ -616,30 +629,12 @@ def test_vmm_killed_during_cpr_exec_leaves_nothing_running(vms):
     # the vCPU runners of the old image must not go on running the guest
     # for no one; the keeper sees the new image's end of their socket close
     # and ends them.
-    vm = vms(cmdline="heartbeat=5000", memory="256M",
-             env={"CPRVM_TEST_XFER_FAULT": "slow-build"})
-    vm.serial.wait(r"^HB 5$", timeout=10)
-    q = qmp_when_ready(vm)
-    q.ok("migrate-set-parameters", mode="cpr-exec")
-    assert q.cmd("migrate", uri="memfd:") == {"return": {}}
-    q.close()
+    vm = start_slow_cpr_exec(vms)
     pid = vm.proc.pid
 
     def runners():
-        out = []
-        for d in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    st = f.read()
-            except (OSError, ValueError):
-                continue
-            comm = st[st.index("(") + 1:st.rindex(")")]
-            fields = st[st.rindex(")") + 2:].split()
-            if comm.endswith("-live") and int(fields[1]) in (pid, 1):
-                tasks = len(os.listdir("/proc/%s/task" % d)) if os.path.isdir(
-                    "/proc/%s/task" % d) else 0
-                out.append((int(d), fields[0], tasks, int(fields[1])))
-        return out
+        return [(p, state, tasks, parent) for p, name, state, tasks, parent in processes({pid, 1})
+                if name.endswith("-live")]
 
     mine = wait_for(lambda: [r for r in runners() if r[3] == pid], 5, "the runners")
     ids = {r[0] for r in mine}
