@@ -1,6 +1,7 @@
 /* fuzz_early.c — libFuzzer target for vcpu_early_decode (vcpu/vcpu_state.h),
- * the one message of a live update's early state that the new side reads
- * from another process before the stream is checked.
+ * the messages of a live update's early state (one per part of a vCPU's
+ * state) that the new side reads from another process and sets before the
+ * stream is checked.
  *
  * Beyond "no crash" (ASan/UBSan): a refusal changes nothing the caller can
  * see beyond the output state, and an accepted message is exactly what the
@@ -27,15 +28,17 @@ static void fuzz_die(const char *why)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	enum vcpu_early_part part = 0;
 	uint32_t id = 0xffffffff;
 	size_t n;
 
-	if (vcpu_early_decode(data, size, &id, &st) < 0)
+	if (vcpu_early_decode(data, size, &id, &part, &st) < 0)
 		return 0;
-	if (id > UINT16_MAX || st.xsave_len > VCPU_XSAVE_MAX || st.nr_msrs > VCPU_MAX_MSRS ||
-	    st.have_tsc_offset > 1)
+	if (id > UINT16_MAX || part < VCPU_EARLY_XSAVE || part > VCPU_EARLY_PARTS ||
+	    st.xsave_len > VCPU_XSAVE_MAX || st.nr_msrs > VCPU_MAX_MSRS ||
+	    st.have_tsc_offset > 1 || st.have_sregs2)
 		fuzz_die("accepted a message with a field out of bounds");
-	n = vcpu_early_encode(&st, id, out, sizeof(out));
+	n = vcpu_early_encode(&st, id, part, out, sizeof(out));
 	if (n != size || memcmp(out, data, size))
 		fuzz_die("an accepted message is not what its decoded state encodes to");
 	return 0;
@@ -49,9 +52,6 @@ static void seed_write(const char *dir)
 
 	for (size_t a = 0; a < sizeof(xsave_lens) / sizeof(xsave_lens[0]); a++)
 		for (size_t b = 0; b < sizeof(msrs) / sizeof(msrs[0]); b++) {
-			size_t n;
-			FILE *f;
-
 			memset(&st, 0, sizeof(st));
 			st.xsave_len = xsave_lens[a];
 			for (uint32_t i = 0; i < st.xsave_len; i++)
@@ -63,13 +63,20 @@ static void seed_write(const char *dir)
 				st.msrs[i].data = 0x1000ull * i;
 			}
 			st.have_tsc_offset = b & 1;
-			st.tsc_offset = -123456789ll;
-			n = vcpu_early_encode(&st, (uint32_t)a, out, sizeof(out));
-			snprintf(path, sizeof(path), "%s/seed-%zu-%zu", dir, a, b);
-			f = fopen(path, "wb");
-			if (!f || fwrite(out, 1, n, f) != n)
-				fuzz_die("cannot write a seed");
-			fclose(f);
+			st.tsc_offset = st.have_tsc_offset ? -123456789ll : 0;
+			st.regs.rip = 0x100000 + a;
+			st.sregs.cr3 = 0x10c000;
+			st.mp_state.mp_state = (uint32_t)b;
+			for (int part = VCPU_EARLY_XSAVE; part <= VCPU_EARLY_PARTS; part++) {
+				size_t n = vcpu_early_encode(&st, (uint32_t)a, part, out, sizeof(out));
+				FILE *f;
+
+				snprintf(path, sizeof(path), "%s/seed-%zu-%zu-%d", dir, a, b, part);
+				f = fopen(path, "wb");
+				if (!n || !f || fwrite(out, 1, n, f) != n)
+					fuzz_die("cannot write a seed");
+				fclose(f);
+			}
 		}
 }
 

@@ -469,10 +469,11 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  *               'F' reason\0      refused (the guest never stopped)
  *   old -> new  early state (guest stopped), on a channel of its own that
  *               came with phase 1's fds ("vcpu-early", SOCK_SEQPACKET): one
- *               message per vCPU, XSAVE + LAPIC + MSRs + TSC offset, sent by
- *               each vCPU thread as soon as it has read them. The new side
- *               sets them while the rest is read; the stream below still
- *               carries everything and wins (see "Early state").
+ *               message per part of a vCPU's state (XSAVE; LAPIC; MSRs +
+ *               TSC offset; registers), sent by each vCPU thread as soon as
+ *               it has read that part. The new side sets each while the
+ *               next is read; the stream below still carries everything and
+ *               wins (see "Early state").
  *   old -> new  phase 2 (guest stopped): header + the whole state stream
  *   new -> old  'R'               state applied: the guest is the new one's
  *                                 from here on (it starts at once)
@@ -602,20 +603,23 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
 {
 	for (;;) {
 		ssize_t n = recv(early_fd, buf, VCPU_EARLY_MAX, MSG_DONTWAIT);
+		enum vcpu_early_part part;
 		uint32_t id;
 		int ret;
 
 		if (n <= 0)
 			return;
-		if (vcpu_early_decode(buf, (size_t)n, &id, tmp) < 0 || id >= (uint32_t)vm->nr_vcpus) {
+		if (vcpu_early_decode(buf, (size_t)n, &id, &part, tmp) < 0 ||
+		    id >= (uint32_t)vm->nr_vcpus) {
 			pr_debug("live update: a malformed early state message (%zd bytes)", n);
 			continue;
 		}
-		ret = vcpu_state_apply_early(&vm->vcpus[id], tmp);
+		ret = vcpu_state_apply_early(&vm->vcpus[id], part, tmp);
 		if (ret < 0)
-			pr_debug("live update: vCPU %u early state: %s", id, strerror(-ret));
+			pr_debug("live update: vCPU %u early state, part %d: %s", id, (int)part,
+				 strerror(-ret));
 		else
-			trace_mark("early-set");
+			trace_mark(part == VCPU_EARLY_REGS ? "early-regs-posted" : "early-set");
 	}
 }
 
@@ -1140,14 +1144,18 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	return vcpu_state_read_base(v);
 }
 
-/* Early state. Setting a vCPU's state costs 4 ioctls before the registers
- * (XSAVE, LAPIC, MSRs, TSC offset; ~15 us each here) and reading it 8, so
- * the two overlap: each old vCPU thread reads those four first and sends
- * them at once on the "vcpu-early" channel (vcpu_early.c), then reads the
- * rest; the new side's main thread sets them as they come (xfer_take_early)
- * and the restore sets them again only if the stream says otherwise
- * (vcpu_state_apply_parked). Nothing depends on it: without the channel,
- * or with a message lost or refused, the restore sets everything. */
+/* Early state. Reading a vCPU's state costs 8 ioctls here and setting it
+ * 5 (XSAVE, LAPIC, MSRs, TSC offset, then the registers through kvm_run;
+ * ~15-30 us each), so the two overlap, part by part: each old vCPU thread
+ * sends every part on the "vcpu-early" channel (vcpu_early.c) as soon as it
+ * has read it, and the new side's main thread sets each as it comes
+ * (xfer_take_early), the registers through a job on the new vCPU thread,
+ * which runs it once the old vCPU thread is done with the CPU they share.
+ * The stream is parsed meanwhile; the restore then only compares (each
+ * vCPU's early state against the stream's) and sets nothing when all is
+ * equal (vcpu_state_apply_parked). Nothing depends on it: without the
+ * channel, or with a message lost, out of order or refused, the restore
+ * sets everything the stream holds. */
 
 /* Old side: the stream goes out from the vCPU thread that finishes its
  * capture last, on the CPU the guest ran on, while this process's main
@@ -1173,6 +1181,10 @@ struct capture_arg {
 	int early_fd; /* -1: none */
 	uint8_t *buf; /* VCPU_EARLY_MAX */
 	struct capture_fin *fin;
+	/* Tests (CPRVM_TEST_XFER_FAULT): early-skip-lapic sends no LAPIC
+	 * part; early-wrong-regs sends a registers part whose RIP is off by
+	 * one. The stream must win either way. */
+	bool skip_lapic, wrong_regs;
 };
 
 static void capture_finish(struct capture_fin *f)
@@ -1181,6 +1193,9 @@ static void capture_finish(struct capture_fin *f)
 
 	f->sent = true;
 	trace_mark("captured");
+	/* When the vCPUs stopped (noted before any was read). */
+	if (__atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST))
+		f->cs->stop_ns = __atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
 		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
 
@@ -1198,14 +1213,19 @@ static void capture_finish(struct capture_fin *f)
 	trace_mark("sent");
 }
 
-static void early_send(void *ctx, struct vcpu *v, const struct vcpu_state *s)
+static void early_send(void *ctx, struct vcpu *v, const struct vcpu_state *s,
+		       enum vcpu_early_part part)
 {
 	struct capture_arg *a = ctx;
 	size_t n;
 
 	if (a->early_fd < 0 || !a->buf)
 		return;
-	n = vcpu_early_encode(s, (uint32_t)v->id, a->buf, VCPU_EARLY_MAX);
+	if (part == VCPU_EARLY_LAPIC && a->skip_lapic)
+		return;
+	n = vcpu_early_encode(s, (uint32_t)v->id, part, a->buf, VCPU_EARLY_MAX);
+	if (n && part == VCPU_EARLY_REGS && a->wrong_regs)
+		a->buf[VCPU_EARLY_HDR + offsetof(struct kvm_regs, rip)] ^= 1;
 	/* Never waits: without a reader the state goes in the stream only. */
 	if (n && send(a->early_fd, a->buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n)
 		trace_mark("early-sent");
@@ -1537,6 +1557,8 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		cargs[i].s = &vstates[i];
 		touch_pages(&vstates[i], sizeof(vstates[i])); /* now, not in the blackout */
 		cargs[i].early_fd = early[0];
+		cargs[i].skip_lapic = xfer_fault("early-skip-lapic");
+		cargs[i].wrong_regs = xfer_fault("early-wrong-regs");
 		cargs[i].buf = early[0] >= 0 ? malloc(VCPU_EARLY_MAX) : NULL;
 		if (cargs[i].buf)
 			touch_pages(cargs[i].buf, VCPU_EARLY_MAX);
@@ -1606,13 +1628,16 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	 * "Placement"), and the old tasks step aside from it after 'R'. */
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vm->vcpus[i].run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
-	/* Phase 2: stop, capture, send. */
+	/* Phase 2: stop, capture, send. The stop comes at the guest's next
+	 * exit, if one comes within x-stop-wait-us: the blackout (and
+	 * cs->stop_ns, capture_finish) starts when the vCPUs stop. */
 	cs->stop_ns = now_ns();
 	trace_mark("stop");
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	/* Each vCPU thread reads its own state as it parks. */
 	vcpu_jobs_post(vm, capture_job_fn, vargs);
-	ret = vm_pause_quiet(vm); /* STOP is sent once the guest runs again */
+	/* STOP is sent once the guest runs again. */
+	ret = vm_pause_quiet(vm, vm_migration(vm)->stop_wait_us);
 	if (ret < 0) {
 		vcpu_jobs_wait(vm);
 		set_err(why, whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));

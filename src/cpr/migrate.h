@@ -12,9 +12,15 @@ struct vm;
 
 enum migrate_mode { MIGRATE_MODE_NORMAL, MIGRATE_MODE_CPR_EXEC, MIGRATE_MODE_CPR_TRANSFER };
 
+/* A live update stops the vCPUs at an exit of their own within this long,
+ * if one comes (parameter x-stop-wait-us; see vm_pause_quiet). */
+#define MIGRATE_STOP_WAIT_US_DEFAULT 2000
+#define MIGRATE_STOP_WAIT_US_MAX 1000000
+
 struct migration {
 	bool ignore_shared; /* capability x-ignore-shared */
 	enum migrate_mode mode;
+	unsigned stop_wait_us; /* x-stop-wait-us */
 	const char *status; /* NULL: never started; "completed", "failed" */
 	int64_t total_us, downtime_us, setup_us;
 	uint64_t transferred, total;

@@ -535,9 +535,20 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 		return ret;
 	}
 	if (on_vcpu_threads && s->nr_vcpus == (uint32_t)vm->nr_vcpus) {
-		/* Parked threads (live update): each restores its own vCPU. */
-		struct apply_job *jobs = calloc(s->nr_vcpus, sizeof(*jobs));
-		void **args = calloc(s->nr_vcpus, sizeof(*args));
+		/* Parked threads (live update): each restores its own vCPU,
+		 * unless the early state set it all already (cpr.c, "Early
+		 * state"; its last jobs may still run). */
+		struct apply_job *jobs;
+		void **args;
+		bool left = false;
+
+		vcpu_jobs_wait(vm);
+		for (uint32_t i = 0; i < s->nr_vcpus && !left; i++)
+			left = !vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]);
+		if (!left)
+			goto vcpus_set;
+		jobs = calloc(s->nr_vcpus, sizeof(*jobs));
+		args = calloc(s->nr_vcpus, sizeof(*args));
 
 		if (!jobs || !args) {
 			free(jobs);
@@ -567,6 +578,7 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 			}
 		}
 	}
+vcpus_set:
 	trace_mark("vcpus-set");
 	ret = serial_load(vm->serial, &s->serial);
 	if (ret < 0) {

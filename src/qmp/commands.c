@@ -234,10 +234,11 @@ static json_t *qmp_cmd_migrate(struct qmp_req *req, json_t *args, void *opaque)
 
 static json_t *qmp_cmd_migrate_set_parameters(struct qmp_req *req, json_t *args, void *opaque)
 {
-	static const char *const allowed[] = { "mode", "cpr-exec-command", NULL };
+	static const char *const allowed[] = { "mode", "cpr-exec-command", "x-stop-wait-us", NULL };
 	struct migration *mig = vm_migration(opaque);
 	json_t *mode = args ? json_object_get(args, "mode") : NULL;
 	json_t *cmd = args ? json_object_get(args, "cpr-exec-command") : NULL;
+	json_t *wait = args ? json_object_get(args, "x-stop-wait-us") : NULL;
 	enum migrate_mode m = mig->mode;
 	char *argv[64];
 	size_t i, n = 0;
@@ -248,6 +249,13 @@ static json_t *qmp_cmd_migrate_set_parameters(struct qmp_req *req, json_t *args,
 	if (mode && (!json_is_string(mode) || migrate_mode_parse(json_string_value(mode), &m) < 0)) {
 		qmp_req_error(req, QMP_ERR_GENERIC,
 			      "Parameter 'mode' expects normal, cpr-exec or cpr-transfer");
+		return NULL;
+	}
+	if (wait && (!json_is_integer(wait) || json_integer_value(wait) < 0 ||
+		     json_integer_value(wait) > MIGRATE_STOP_WAIT_US_MAX)) {
+		qmp_req_error(req, QMP_ERR_GENERIC,
+			      "Parameter 'x-stop-wait-us' expects an integer from 0 to %d",
+			      MIGRATE_STOP_WAIT_US_MAX);
 		return NULL;
 	}
 	if (cmd) {
@@ -270,6 +278,8 @@ static json_t *qmp_cmd_migrate_set_parameters(struct qmp_req *req, json_t *args,
 		}
 	}
 	mig->mode = m;
+	if (wait)
+		mig->stop_wait_us = (unsigned)json_integer_value(wait);
 	return NULL;
 }
 
@@ -282,7 +292,8 @@ static json_t *qmp_cmd_query_migrate_parameters(struct qmp_req *req, json_t *arg
 
 	if (!qmp_args_check(req, args, NULL))
 		return NULL;
-	r = json_pack("{s:s}", "mode", migrate_mode_name(mig->mode));
+	r = json_pack("{s:s, s:I}", "mode", migrate_mode_name(mig->mode), "x-stop-wait-us",
+		      (json_int_t)mig->stop_wait_us);
 	list = json_array();
 	argv = cpr_get_exec_command(&argc);
 	for (int i = 0; i < argc; i++)

@@ -231,19 +231,29 @@ static void vcpu_do_job(struct vcpu *v)
 	pthread_mutex_unlock(&v->vm->lock);
 }
 
+static void job_set(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
+{
+	v->job_arg = arg;
+	v->job_ret = 0;
+	v->job_claimed = false;
+	__atomic_store_n(&v->job_fn, fn, __ATOMIC_RELEASE);
+}
+
 void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args)
 {
 	pthread_mutex_lock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
-
-		v->job_arg = args[i];
-		v->job_ret = 0;
-		v->job_claimed = false;
-		__atomic_store_n(&v->job_fn, fn, __ATOMIC_RELEASE);
-	}
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		job_set(&vm->vcpus[i], fn, args[i]);
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
+}
+
+void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
+{
+	pthread_mutex_lock(&v->vm->lock);
+	job_set(v, fn, arg);
+	pthread_cond_broadcast(&v->vm->cond);
+	pthread_mutex_unlock(&v->vm->lock);
 }
 
 int vcpu_jobs_wait(struct vm *vm)
@@ -300,7 +310,12 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	bool stop;
 
 	trace_mark(runner ? "runner-parks" : "vcpu-parks");
-	__atomic_add_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&v->out, true, __ATOMIC_SEQ_CST);
+	/* A stop at an exit (vm_pause_quiet): the first vCPU out stops the
+	 * others, at once. */
+	if (__atomic_add_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST) == 1 &&
+	    __atomic_exchange_n(&vm->kick_rest, false, __ATOMIC_SEQ_CST))
+		vm_kick_rest(vm);
 	/* A job posted with the pause (state capture) runs before this vCPU
 	 * counts as parked: whoever paused finds it done. */
 	vcpu_do_job(v);
@@ -347,6 +362,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 		vcpu_eat_kick(); /* kicks that came while parked: none is owed */
 	vm->nr_parked--;
 	__atomic_sub_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&v->out, false, __ATOMIC_SEQ_CST);
 	v->parked = false;
 	pthread_mutex_unlock(&vm->lock);
 	trace_mark("vcpu-unparked");
@@ -646,31 +662,50 @@ void sched_idle_self(void)
 	sched_setscheduler(0, SCHED_IDLE, &sp);
 }
 
-int task_last_cpu(int tid)
+/* Fields 3 (state) and 39 (processor) of /proc/TID/stat; false if unread. */
+static bool task_stat(int tid, char *state, int *cpu)
 {
 	char path[64], buf[1024], *p;
 	ssize_t n;
-	int fd, cpu = -1;
+	int fd;
 
 	if (tid <= 0)
-		return -1;
+		return false;
 	snprintf(path, sizeof(path), "/proc/%d/stat", tid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -1;
+		return false;
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
-		return -1;
+		return false;
 	buf[n] = 0;
-	/* Field 39 (processor); the name in field 2 may hold anything up to
-	 * its last ')'. */
+	/* The name in field 2 may hold anything up to its last ')'. */
 	p = strrchr(buf, ')');
+	if (!p || p[1] != ' ' || !p[2])
+		return false;
+	*state = p[2];
 	for (int field = 2; p && field < 39; field++)
 		p = strchr(p + 1, ' ');
-	if (p && sscanf(p + 1, "%d", &cpu) != 1)
-		cpu = -1;
-	return cpu;
+	if (!p || sscanf(p + 1, "%d", cpu) != 1)
+		*cpu = -1;
+	return true;
+}
+
+int task_last_cpu(int tid)
+{
+	char state;
+	int cpu;
+
+	return task_stat(tid, &state, &cpu) ? cpu : -1;
+}
+
+bool task_asleep(int tid)
+{
+	char state;
+	int cpu;
+
+	return task_stat(tid, &state, &cpu) && (state == 'S' || state == 'D');
 }
 
 int vcpu_run_tid(const struct vcpu *v)

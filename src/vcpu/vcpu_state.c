@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "lib/trace.h"
 #include "state/state.h"
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
@@ -433,7 +434,8 @@ int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s)
 
 int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 				    void (*early)(void *ctx, struct vcpu *v,
-						  const struct vcpu_state *s),
+						  const struct vcpu_state *s,
+						  enum vcpu_early_part part),
 				    void *ctx)
 {
 	struct vm *vm = v->vm;
@@ -445,15 +447,24 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	ret = vcpu_save_head(v, s);
 	if (ret < 0)
 		return ret;
-	/* What the new side sets first, before the registers (it sets
-	 * those last, and entering no guest nothing here changes them). */
-	if ((ret = save_xsave(v, s)) < 0 || (ret = save_msrs(v, s)) < 0)
+	/* In the order the new side sets them (vcpu_load_rest, then the
+	 * registers); a parked vCPU's state does not change in between. */
+	if ((ret = save_xsave(v, s)) < 0)
 		return ret;
+	if (early)
+		early(ctx, v, s, VCPU_EARLY_XSAVE);
 	if (ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0)
 		return -errno;
+	if (early)
+		early(ctx, v, s, VCPU_EARLY_LAPIC);
+	if ((ret = save_msrs(v, s)) < 0)
+		return ret;
 	save_tsc_offset(v, s);
 	if (early)
-		early(ctx, v, s);
+		early(ctx, v, s, VCPU_EARLY_MSRS);
+	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
+	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
+		return -errno;
 	/* Then the registers, through kvm_run. */
 	v->run->kvm_valid_regs = SYNC_ALL;
 	ret = vcpu_sync_run(v);
@@ -462,57 +473,145 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 		return ret;
 	s->regs = sr->regs;
 	s->sregs = sr->sregs;
-	s->have_sregs2 = 0;
-	if (vm->have_sregs2 && sregs_paging_needs_pdptrs(s->sregs.cr0, s->sregs.cr4,
-							  s->sregs.efer)) {
-		/* PAE paging outside long mode: the PDPTRs matter. */
-		if (ioctl(v->fd, KVM_GET_SREGS2, &s->sregs2) < 0)
-			return -errno;
-		s->have_sregs2 = 1;
-	}
-	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
-	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
-		return -errno;
 	/* The events as KVM_RUN left them: a parked vCPU's cannot change
 	 * meanwhile (only entering the guest injects or queues events). */
 	s->events = sr->events;
+	s->have_sregs2 = 0;
+	if (vm->have_sregs2 && sregs_paging_needs_pdptrs(s->sregs.cr0, s->sregs.cr4,
+							  s->sregs.efer)) {
+		/* PAE paging outside long mode: the PDPTRs matter (and the
+		 * registers part cannot carry them). */
+		if (ioctl(v->fd, KVM_GET_SREGS2, &s->sregs2) < 0)
+			return -errno;
+		s->have_sregs2 = 1;
+	} else if (early) {
+		early(ctx, v, s, VCPU_EARLY_REGS);
+	}
 	return 0;
 }
 
-/* The parts of the early state that were set, compared with the stream's. */
-static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s)
+/* Parts 1..n of the early state e equal the stream's s. */
+static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s, int n)
 {
-	return e->xsave_len == s->xsave_len && !memcmp(e->xsave, s->xsave, s->xsave_len) &&
-	       !memcmp(&e->lapic, &s->lapic, sizeof(s->lapic)) && e->nr_msrs == s->nr_msrs &&
-	       !memcmp(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0])) &&
-	       e->have_tsc_offset == s->have_tsc_offset &&
-	       (!s->have_tsc_offset || e->tsc_offset == s->tsc_offset);
+	if (n >= VCPU_EARLY_XSAVE &&
+	    (e->xsave_len != s->xsave_len || memcmp(e->xsave, s->xsave, s->xsave_len)))
+		return false;
+	if (n >= VCPU_EARLY_LAPIC && memcmp(&e->lapic, &s->lapic, sizeof(s->lapic)))
+		return false;
+	if (n >= VCPU_EARLY_MSRS &&
+	    (e->nr_msrs != s->nr_msrs ||
+	     memcmp(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0])) ||
+	     e->have_tsc_offset != s->have_tsc_offset ||
+	     (s->have_tsc_offset && e->tsc_offset != s->tsc_offset)))
+		return false;
+	if (n >= VCPU_EARLY_REGS &&
+	    (s->have_sregs2 || memcmp(&e->mp_state, &s->mp_state, sizeof(s->mp_state)) ||
+	     memcmp(&e->regs, &s->regs, sizeof(s->regs)) ||
+	     memcmp(&e->sregs, &s->sregs, sizeof(s->sregs)) ||
+	     memcmp(&e->events, &s->events, sizeof(s->events)) ||
+	     memcmp(&e->xcrs, &s->xcrs, sizeof(s->xcrs)) ||
+	     memcmp(&e->debugregs, &s->debugregs, sizeof(s->debugregs))))
+		return false;
+	return true;
 }
 
-int vcpu_state_apply_early(struct vcpu *v, const struct vcpu_state *s)
+/* The registers part, on the vCPU's thread: XCRs and debug registers
+ * where they differ from a fresh vCPU's, then registers, special registers
+ * and events through kvm_run. */
+static int early_regs_job(struct vcpu *v, void *arg)
 {
 	struct vcpu_state *e = v->early;
-	int ret;
+	struct kvm_sync_regs *sr = &v->run->s.regs;
+	int ret = 0;
 
-	v->early_set = false;
+	(void)arg;
+	if ((memcmp(&e->xcrs, &v->base.xcrs, sizeof(e->xcrs)) &&
+	     ioctl(v->fd, KVM_SET_XCRS, &e->xcrs) < 0) ||
+	    (memcmp(&e->debugregs, &v->base.debugregs, sizeof(e->debugregs)) &&
+	     ioctl(v->fd, KVM_SET_DEBUGREGS, &e->debugregs) < 0))
+		ret = -errno;
+	if (ret == 0) {
+		sr->regs = e->regs;
+		sr->sregs = e->sregs;
+		sr->events = e->events;
+		v->run->kvm_dirty_regs = SYNC_ALL;
+		ret = vcpu_sync_run(v);
+		v->run->kvm_dirty_regs = 0;
+	}
+	if (ret == 0)
+		trace_mark("early-regs-set");
+	__atomic_store_n(&v->early_regs_ok, ret == 0, __ATOMIC_RELEASE);
+	return 0; /* a failure only means the restore does it all */
+}
+
+int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s)
+{
+	struct vcpu_state *e = v->early;
+	int ret = 0;
+
 	if (!e)
 		return -ENOMEM;
-	/* In the order of vcpu_load_rest, same host (a live update). */
-	if ((ret = load_xsave(v, s)) < 0)
+	if (v->early_broken || (int)part != v->early_parts + 1)
+		ret = -EPROTO;
+	switch (ret ? 0 : part) {
+	case VCPU_EARLY_XSAVE:
+		if ((ret = load_xsave(v, s)) == 0) {
+			e->xsave_len = s->xsave_len;
+			memcpy(e->xsave, s->xsave, s->xsave_len);
+		}
+		break;
+	case VCPU_EARLY_LAPIC:
+		if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
+			ret = -errno;
+		else
+			e->lapic = s->lapic;
+		break;
+	case VCPU_EARLY_MSRS:
+		/* Same host (a live update): the TSC offset keeps real time. */
+		if ((ret = load_msrs(v, s)) == 0 && (ret = load_tsc_offset(v, s, true)) == 0) {
+			e->nr_msrs = s->nr_msrs;
+			memcpy(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0]));
+			e->have_tsc_offset = s->have_tsc_offset;
+			e->tsc_offset = s->tsc_offset;
+		}
+		break;
+	case VCPU_EARLY_REGS:
+		/* Only where a fresh vCPU's MP state and APIC base stand (as in
+		 * vcpu_state_apply_parked's quick way): setting either resets
+		 * parts of the vCPU, which must come first. */
+		if (!v->base.valid || !v->vm->have_sync_regs ||
+		    memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) ||
+		    s->sregs.apic_base != v->base.apic_base) {
+			ret = -EOPNOTSUPP;
+			break;
+		}
+		e->mp_state = s->mp_state;
+		e->regs = s->regs;
+		e->sregs = s->sregs;
+		e->events = s->events;
+		e->xcrs = s->xcrs;
+		e->debugregs = s->debugregs;
+		/* What the job sets is no longer the fresh vCPU's. */
+		v->base.valid = false;
+		v->early_regs_ok = false;
+		vcpu_job_post(v, early_regs_job, NULL);
+		break;
+	default:
+		break;
+	}
+	if (ret < 0) {
+		v->early_broken = true;
 		return ret;
-	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
-		return -errno;
-	if ((ret = load_msrs(v, s)) < 0 || (ret = load_tsc_offset(v, s, true)) < 0)
-		return ret;
-	e->xsave_len = s->xsave_len;
-	memcpy(e->xsave, s->xsave, s->xsave_len);
-	e->lapic = s->lapic;
-	e->nr_msrs = s->nr_msrs;
-	memcpy(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0]));
-	e->have_tsc_offset = s->have_tsc_offset;
-	e->tsc_offset = s->tsc_offset;
-	v->early_set = true;
+	}
+	v->early_parts = part;
 	return 0;
+}
+
+bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s)
+{
+	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
+	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE) &&
+	       early_matches(v->early, s, VCPU_EARLY_PARTS);
 }
 
 int vcpu_state_read_base(struct vcpu *v)
@@ -539,6 +638,8 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	bool sync, early;
 	int ret;
 
+	if (vcpu_state_early_complete(v, s))
+		return 0; /* the early state set all of it */
 	if (!vm->have_sync_regs || !base)
 		return vcpu_state_load(v, s, same_host);
 	if (s->have_sregs2) {
@@ -579,12 +680,12 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 		    ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
 			return -errno;
 	}
-	/* What was set ahead stands if the stream says the same, and nothing
-	 * was set in between that resets it (MP state, the APIC base). */
-	early = v->early_set && sync && same_host &&
-		!memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) &&
-		early_matches(v->early, s);
-	v->early_set = false;
+	/* What was set ahead (XSAVE, LAPIC, MSRs, TSC offset) stands if the
+	 * stream says the same, and nothing was set in between that resets it
+	 * (MP state, the APIC base). */
+	early = v->early && !v->early_broken && v->early_parts >= VCPU_EARLY_MSRS && sync &&
+		same_host && !memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) &&
+		early_matches(v->early, s, VCPU_EARLY_MSRS);
 	ret = vcpu_load_rest(v, s, same_host, true, early);
 	if (ret < 0)
 		return ret;

@@ -62,26 +62,45 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
  * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
  * what equals the fresh vCPU's base is not set again). */
 int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s);
-/* As vcpu_state_capture_parked, but XSAVE, the LAPIC, the MSRs and the TSC
- * offset are read first and handed to early(ctx, v, s) at once (a live
- * update sends them ahead, for the new side to set while the rest is read:
- * vcpu_state_apply_early); MP state comes before them. */
+/* A live update's early state (vcpu_early.c, cpr.c "Early state"): the
+ * parts of a vCPU's state in the order they are read and set. */
+enum vcpu_early_part {
+	VCPU_EARLY_XSAVE = 1,
+	VCPU_EARLY_LAPIC = 2,
+	VCPU_EARLY_MSRS = 3, /* and the TSC offset */
+	VCPU_EARLY_REGS = 4, /* MP state, registers, special registers, events, XCRs, DRs */
+};
+#define VCPU_EARLY_PARTS 4
+/* As vcpu_state_capture_parked, but each part is handed to early(ctx, v,
+ * s, part) as soon as it is read (a live update sends it ahead, for the
+ * new side to set while the next is read: vcpu_state_apply_early). MP
+ * state comes first; the registers part is not sent for PAE paging
+ * outside long mode (its PDPTRs are not in it). */
 int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 				    void (*early)(void *ctx, struct vcpu *v,
-						  const struct vcpu_state *s),
+						  const struct vcpu_state *s,
+						  enum vcpu_early_part part),
 				    void *ctx);
-/* Sets what the early callback was given (XSAVE, LAPIC, MSRs, TSC offset;
- * s holds those only) into v, from any thread of this process while v's
- * thread is parked, and keeps a copy in v->early. */
-int vcpu_state_apply_early(struct vcpu *v, const struct vcpu_state *s);
-/* The early part as one message and back. encode: bytes written into buf
- * (0 if it does not fit); decode: 0, or -EINVAL for anything malformed. */
+/* Sets one part (from vcpu_early_decode: s holds that part) into v, from
+ * the process's main thread while v's thread is parked; the registers go
+ * in through a job on v's thread (a KVM_RUN that enters no guest). Parts
+ * must come in order, each set once: anything else, or a part KVM
+ * refuses, ends the early state for that vCPU (-EPROTO and the like) and
+ * the restore sets everything from the stream. A copy of what was set is
+ * kept in v->early. */
+int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s);
+/* Whether the early state set all of s (the stream's), exactly: then the
+ * restore has nothing left to do for v. Call once v's jobs are done. */
+bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s);
+/* One part as a message and back. encode: bytes written into buf (0 if it
+ * does not fit, or the part cannot be sent); decode: 0 and the part (its
+ * fields of s set, nothing else), or -EINVAL for anything malformed. */
 #define VCPU_EARLY_HDR 32
-#define VCPU_EARLY_MAX                                                        \
-	(VCPU_EARLY_HDR + VCPU_XSAVE_MAX + sizeof(struct kvm_lapic_state) +    \
-	 VCPU_MAX_MSRS * sizeof(struct kvm_msr_entry))
-size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, void *buf, size_t len);
-int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, struct vcpu_state *s);
+#define VCPU_EARLY_MAX (VCPU_EARLY_HDR + VCPU_XSAVE_MAX) /* XSAVE is the largest part */
+size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, enum vcpu_early_part part,
+			 void *buf, size_t len);
+int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_early_part *part,
+		      struct vcpu_state *s);
 int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host);
 /* Reads a fresh vCPU's base (before its restore, off the critical path). */
 int vcpu_state_read_base(struct vcpu *v);

@@ -13,11 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cpr/snapshot.h"
 #include "dev/pm.h"
 #include "lib/log.h"
+#include "lib/trace.h"
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 #include "x86/acpi.h"
@@ -211,18 +213,74 @@ static bool late_kick(void)
 	return on;
 }
 
-static void vm_park_all(struct vm *vm)
+static uint64_t mono_ns(void)
 {
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The vCPUs stopped now, if no earlier moment was recorded for this pause. */
+static void vm_note_stopped(struct vm *vm)
+{
+	uint64_t none = 0;
+
+	__atomic_compare_exchange_n(&vm->stopped_ns, &none, mono_ns(), false, __ATOMIC_SEQ_CST,
+				    __ATOMIC_SEQ_CST);
+}
+
+void vm_kick_rest(struct vm *vm)
+{
+	vm_note_stopped(vm);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		if (i == 1 && late_kick())
 			usleep(3000);
-		vcpu_kick(&vm->vcpus[i]);
+		if (!__atomic_load_n(&vm->vcpus[i].out, __ATOMIC_SEQ_CST))
+			vcpu_kick(&vm->vcpus[i]);
 	}
+}
+
+/* Stop at an exit (vm_pause_quiet): until the first vCPU leaves the guest
+ * by itself or wait_us pass, whichever comes first. A vCPU whose task
+ * sleeps (a halted guest CPU, blocked in KVM_RUN) has no exit coming: it
+ * is kicked at once. Asleep meanwhile, not on the CPU: on a host with few
+ * CPUs the other side of a live update works on the others. */
+static void vm_wait_exit(struct vm *vm, unsigned wait_us)
+{
+	const struct timespec nap = { .tv_nsec = 30 * 1000 };
+	uint64_t end = mono_ns() + (uint64_t)wait_us * 1000;
+
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		if (v->thread_started && task_asleep(vcpu_run_tid(v)))
+			vcpu_kick(v);
+	}
+	while (!__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) && mono_ns() < end)
+		nanosleep(&nap, NULL);
+	trace_mark(__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) ? "exited" : "no-exit");
+}
+
+static void vm_park_all(struct vm *vm, unsigned wait_us)
+{
+	pthread_mutex_lock(&vm->lock);
+	__atomic_store_n(&vm->stopped_ns, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vm->kick_rest, wait_us > 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&vm->lock);
-	/* A running vCPU leaves the guest within ~0.1 ms: wait for that on
-	 * the CPU, not asleep (being woken costs as much again here). */
+	if (wait_us)
+		vm_wait_exit(vm, wait_us);
+	/* Whoever has not left the guest yet is kicked (a signal: it leaves
+	 * within ~0.1 ms here). With a wait, the first vCPU out kicks the
+	 * others itself (vcpu_park): this thread may not get its CPU back
+	 * at once. */
+	pthread_mutex_lock(&vm->lock);
+	if (!wait_us || __atomic_exchange_n(&vm->kick_rest, false, __ATOMIC_SEQ_CST))
+		vm_kick_rest(vm);
+	pthread_mutex_unlock(&vm->lock);
+	/* Then wait for that on the CPU, not asleep (being woken costs as
+	 * much again here). */
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		if (vm->vcpus[i].thread_started && !vm->vcpus[i].exited)
 			spin_until(&vm->vcpus[i].parked, true, 2000);
@@ -240,14 +298,14 @@ static void vm_park_all(struct vm *vm)
 	pthread_mutex_unlock(&vm->lock);
 }
 
-int vm_pause_quiet(struct vm *vm)
+int vm_pause_quiet(struct vm *vm, unsigned wait_us)
 {
 	if (vm->state == RUN_STATE_PAUSED || vm->state == RUN_STATE_POSTMIGRATE ||
 	    vm->state == RUN_STATE_PRELAUNCH || vm->state == RUN_STATE_INMIGRATE)
 		return 0;
 	if (vm->state != RUN_STATE_RUNNING)
 		return -EINVAL;
-	vm_park_all(vm);
+	vm_park_all(vm, wait_us);
 	vm->state = RUN_STATE_PAUSED;
 	vm->stop_event_owed = true;
 	return 0;
@@ -262,7 +320,7 @@ void vm_emit_stop(struct vm *vm)
 
 int vm_pause(struct vm *vm)
 {
-	int ret = vm_pause_quiet(vm);
+	int ret = vm_pause_quiet(vm, 0);
 
 	vm_emit_stop(vm);
 	return ret;
@@ -488,6 +546,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	vm->kvm_fd = vm->vm_fd = -1;
 	vm->mem.fd = -1;
 	vm->state = RUN_STATE_PRELAUNCH;
+	vm->migration.stop_wait_us = MIGRATE_STOP_WAIT_US_DEFAULT;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
 	vm->waker_cpu = -1;

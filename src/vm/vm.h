@@ -59,8 +59,13 @@ void vm_resume_soon(struct vm *vm);
 int vm_pause(struct vm *vm);
 /* The same, but the STOP event waits for vm_emit_stop: a live update stops
  * the guest for well under a millisecond, and writing an event to every
- * QMP client (and waking them) is not to happen inside that window. */
-int vm_pause_quiet(struct vm *vm);
+ * QMP client (and waking them) is not to happen inside that window.
+ * wait_us > 0: the stop happens at an exit, the first vCPU to leave the
+ * guest by itself within wait_us (an I/O exit), and only the others are
+ * kicked; a kick costs 50-150 us on this host, on top of the guest's own
+ * exit. The stop's moment (the first vCPU out, or the kick) is noted for
+ * the blackout's figures (vm_priv.h, stopped_ns). */
+int vm_pause_quiet(struct vm *vm, unsigned wait_us);
 void vm_emit_stop(struct vm *vm);
 /* Lets them run again. Emits RESUME. */
 int vm_resume(struct vm *vm);

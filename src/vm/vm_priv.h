@@ -26,6 +26,7 @@ struct vcpu {
 	int tid; /* the thread's, once it runs */
 	bool thread_started;
 	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
+	bool out; /* out of KVM_RUN for the current pause (atomic; see nr_out) */
 	bool exited; /* thread returned (guarded by vm->lock) */
 	/* Live cpr-exec (vcpu.c, "Runners"): while the image execs, a process
 	 * sharing this address space runs the vCPU in place of its thread. */
@@ -57,11 +58,15 @@ struct vcpu {
 		struct kvm_debugregs debugregs;
 		uint64_t apic_base;
 	} base;
-	/* Live update, new side: what was set ahead of the rest of the state
-	 * (vcpu_state_apply_early); the restore skips it when the stream has
-	 * the same. NULL: nothing. */
+	/* Live update, new side: what was set ahead of the stream
+	 * (vcpu_state_apply_early): a copy, and how many parts, in order
+	 * (enum vcpu_early_part); broken: no more parts are taken. The
+	 * registers go in on the vCPU's thread (regs_ok once they did). NULL:
+	 * no early state. */
 	struct vcpu_state *early;
-	bool early_set;
+	int early_parts;
+	bool early_broken;
+	bool early_regs_ok;
 };
 
 struct vm {
@@ -97,6 +102,11 @@ struct vm {
 	/* vCPUs out of KVM_RUN for the current pause, counted before their
 	 * job runs (nr_parked counts after it): see vcpu_wait_all_out. */
 	int nr_out;
+	/* When the current pause took effect (CLOCK_MONOTONIC ns; 0: not
+	 * yet), and whether the first vCPU out kicks the rest (a stop at an
+	 * exit, vm_pause_quiet). */
+	uint64_t stopped_ns;
+	bool kick_rest;
 	/* A resume is imminent (live update, state arriving): parked vCPU
 	 * threads wait on the CPU instead of sleeping, so that the resume
 	 * does not wait for an idle CPU to wake (see vm_resume_soon). */
@@ -159,6 +169,8 @@ bool spin_until(const bool *flag, bool want, unsigned max_us);
  * them and returns the first error. A vCPU without a live thread runs
  * its job on the caller. */
 void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args);
+/* The same for one vCPU (its previous job done); vcpu_jobs_wait waits for it. */
+void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg);
 int vcpu_jobs_wait(struct vm *vm);
 /* For a job posted with a pause: waits on the CPU until every vCPU with a
  * thread is out of the guest. A vCPU's state is read only then: a vCPU
@@ -177,6 +189,12 @@ void vcpu_runners_stop(struct vm *vm);
 void vcpu_runners_end(struct vm *vm);
 /* The CPU a task last ran on (/proc/TID/stat), or -1. */
 int task_last_cpu(int tid);
+/* Whether a task sleeps (/proc/TID/stat state S or D): a vCPU task that
+ * does is blocked in KVM_RUN with its guest CPU halted. */
+bool task_asleep(int tid);
+/* A pause (vm.c): kicks every vCPU not out of the guest yet, and notes the
+ * stop's moment if none was yet. */
+void vm_kick_rest(struct vm *vm);
 /* The guest runs elsewhere now: every vCPU thread of this VM (parked) goes
  * SCHED_BATCH and every runner SCHED_IDLE, so that waking them to end them
  * does not preempt the guest's new vCPUs, and off the CPU it ran the guest
