@@ -45,6 +45,11 @@ static void serial_wait_thre(struct pcpu *p)
 			tick(p);
 		cpu_relax();
 	}
+	/* And after the read that found room: else a host pause right after
+	 * it (a live update stops a vCPU at an exit) would be seen together
+	 * with the next byte's exit, as one gap. */
+	if (p)
+		tick(p);
 }
 
 /*
