@@ -257,6 +257,16 @@ static void chardev_pty_timer(int fd, uint32_t events, void *opaque)
 		chardev_notify(c, true, true);
 }
 
+/* The timer that looks for a pty's slave (armed by chardev_disconnect_locked),
+ * in the loop. -errno on failure. */
+static int chardev_pty_timer_add(struct chardev *c, struct loop *loop)
+{
+	c->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (c->timer_fd < 0)
+		return -errno;
+	return loop_add_fd(loop, c->timer_fd, EPOLLIN, chardev_pty_timer, c);
+}
+
 /* --- open/close ---------------------------------------------------------- */
 
 static int chardev_open_unix(struct chardev *c, char *err, size_t errlen)
@@ -328,15 +338,9 @@ static int chardev_open_pty(struct chardev *c, char *err, size_t errlen)
 	}
 	c->conn_fd = fd;
 	snprintf(c->desc, sizeof(c->desc), "pty:%s", name);
-	c->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (c->timer_fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot create pty timer: %s", strerror(-ret));
-		return ret;
-	}
-	ret = loop_add_fd(c->loop, c->timer_fd, EPOLLIN, chardev_pty_timer, c);
+	ret = chardev_pty_timer_add(c, c->loop);
 	if (ret < 0) {
-		snprintf(err, errlen, "serial: %s", strerror(-ret));
+		snprintf(err, errlen, "cannot set up the pty's timer: %s", strerror(-ret));
 		return ret;
 	}
 	/* Same words as QEMU, so scripts that look for the path work for both. */
@@ -433,12 +437,7 @@ int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
 		c->conn_fd = h->conn_fd;
 		fcntl(c->conn_fd, F_SETFD, FD_CLOEXEC);
 		snprintf(c->desc, sizeof(c->desc), "pty:%s", ptsname(c->conn_fd) ?: "?");
-		c->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-		if (c->timer_fd < 0) {
-			ret = -errno;
-			goto out_err;
-		}
-		ret = loop_add_fd(loop, c->timer_fd, EPOLLIN, chardev_pty_timer, c);
+		ret = chardev_pty_timer_add(c, loop);
 		if (ret < 0)
 			goto out_err;
 		pthread_mutex_lock(&c->lock);
