@@ -35,6 +35,7 @@
 
 #include "cpr/cpr.h"
 #include "cpr/snapshot.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "qmp/qmp.h"
@@ -110,14 +111,6 @@ static struct {
 	int exec_argc;
 	int qmp_fd;
 } cpr = { .qmp_fd = -1 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
 
 void cpr_init(int argc, char **argv)
 {
@@ -314,14 +307,14 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 		goto out_free;
 	}
 
-	cs->stop_ns = now_ns();
+	cs->stop_ns = mono_ns();
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	ret = vm_pause(vm);
 	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_free;
 	}
-	cs->paused_ns = now_ns();
+	cs->paused_ns = mono_ns();
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "cpr-exec: pipe: %s", strerror(-ret));
@@ -359,7 +352,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	/* Stamped before the device state is read (the stamp itself travels in
 	 * that state): "prepare" ends here, "handover" covers reading the
 	 * state, the exec and the new image's start-up. */
-	cs->captured_ns = now_ns();
+	cs->captured_ns = mono_ns();
 
 	ret = cpr_build_stream(vm, ho, cs, NULL, &b);
 	if (ret < 0) {
@@ -664,12 +657,12 @@ static void xfer_wait_state(int sock, int early_fd, struct vm *vm, uint8_t *buf,
 			    struct vcpu_state *tmp, unsigned max_us)
 {
 	struct pollfd p = { .fd = sock, .events = POLLIN };
-	uint64_t end = now_ns() + (uint64_t)max_us * 1000;
+	uint64_t end = mono_ns() + (uint64_t)max_us * 1000;
 
 	for (;;) {
 		if (early_fd >= 0)
 			xfer_take_early(early_fd, vm, buf, tmp);
-		if (poll(&p, 1, 0) != 0 || now_ns() >= end)
+		if (poll(&p, 1, 0) != 0 || mono_ns() >= end)
 			break;
 		sched_yield();
 	}
@@ -895,12 +888,12 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	/* Committed: the old side never runs the guest after 'R'. */
 	if (threads_parked) {
 		ret = cs->guest_paused ? 0 : vm_resume(vm);
-		cs->resumed_ns = now_ns();
+		cs->resumed_ns = mono_ns();
 		/* A vCPU thread waiting on this CPU goes first. */
 		sched_yield();
 	} else {
 		ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
-		cs->resumed_ns = now_ns();
+		cs->resumed_ns = mono_ns();
 	}
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot start vCPUs: %s", strerror(-ret));
@@ -919,7 +912,7 @@ out:
 static void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint64_t t_built,
 		     uint64_t t_applied, const char *rollback)
 {
-	uint64_t t_run = cs->resumed_ns ? cs->resumed_ns : now_ns();
+	uint64_t t_run = cs->resumed_ns ? cs->resumed_ns : mono_ns();
 	/* Blackout phases (us): stop (vCPUs out), prepare (keeper; stopped-first
 	 * cpr-exec only), handover (state read, then written and exec'd, or
 	 * sent), rebuild (stopped-first cpr-exec: KVM VM, memslots, vCPUs; the
@@ -961,7 +954,7 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct qmp_server *qmp = NULL;
 	struct vm *vm = NULL;
-	uint64_t t_adopt = now_ns(), t_built;
+	uint64_t t_adopt = mono_ns(), t_built;
 	char why[480] = "";
 	uint8_t *buf = NULL;
 	bool have_idx = false;
@@ -995,11 +988,11 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
-	t_built = now_ns();
+	t_built = mono_ns();
 	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, false, &qmp, why, sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
-	cpr_done(vm, cs, t_adopt, t_built, now_ns(), rollback);
+	cpr_done(vm, cs, t_adopt, t_built, mono_ns(), rollback);
 	close(memfd);
 	*vm_out = vm;
 	*qmp_out = qmp;
@@ -1203,7 +1196,7 @@ static void capture_finish(struct capture_fin *f)
 		f->ret = -ESHUTDOWN;
 		return;
 	}
-	f->cs->paused_ns = f->cs->captured_ns = now_ns();
+	f->cs->paused_ns = f->cs->captured_ns = mono_ns();
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, f->ho);
 	f->ret = cpr_build_stream(vm, f->ho, f->cs, f->vstates, f->b);
@@ -1411,7 +1404,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		set_err(why, whylen, ret, "the state did not arrive whole");
 		goto out_refuse;
 	}
-	t_adopt = now_ns();
+	t_adopt = mono_ns();
 	trace_mark("received");
 	if (xfer_fault("slow"))
 		usleep(500 * 1000); /* a long blackout the guest must see */
@@ -1437,7 +1430,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 		cs->guest_paused = cs2->guest_paused;
 		free(cs2);
 	}
-	t_built = now_ns(); /* built before the stop: no rebuild in the blackout */
+	t_built = mono_ns(); /* built before the stop: no rebuild in the blackout */
 	trace_mark("parsed");
 	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, sock, true, &qmp, why, whylen);
 	if (ret < 0)
@@ -1446,7 +1439,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	*qmp_out = qmp;
 	vm = NULL;
 	qmp = NULL;
-	cpr_done(*vm_out, cs, t_adopt, t_built, now_ns(), getenv(CPR_ENV_ROLLBACK));
+	cpr_done(*vm_out, cs, t_adopt, t_built, mono_ns(), getenv(CPR_ENV_ROLLBACK));
 	goto out;
 out_refuse:
 	cpr_batch_end(vm);
@@ -1631,7 +1624,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	/* Phase 2: stop, capture, send. The stop comes at the guest's next
 	 * exit, if one comes within x-stop-wait-us: the blackout (and
 	 * cs->stop_ns, capture_finish) starts when the vCPUs stop. */
-	cs->stop_ns = now_ns();
+	cs->stop_ns = mono_ns();
 	trace_mark("stop");
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	/* Each vCPU thread reads its own state as it parks. */
@@ -1704,7 +1697,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
-	vm->migration.downtime_us = (int64_t)(now_ns() - cs->stop_ns) / 1000;
+	vm->migration.downtime_us = (int64_t)(mono_ns() - cs->stop_ns) / 1000;
 	vm->handed_over = true;
 	trace_dump("old", cs->stop_ns);
 	ret = 0;

@@ -3,20 +3,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "cpr/migrate.h"
 #include "cpr/snapshot.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "vm/vm_priv.h"
-
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 struct migration *vm_migration(struct vm *vm)
 {
@@ -93,7 +85,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
 	struct migration *mig = &vm->migration;
 	bool was_running = vm->state == RUN_STATE_RUNNING;
-	int64_t t0 = now_us(), t_stop;
+	int64_t t0 = (int64_t)mono_us(), t_stop;
 	struct stat st;
 	int ret;
 
@@ -110,7 +102,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 	memset(mig->error, 0, sizeof(mig->error));
 	mig->status = "setup";
 	migrate_event(vm, "setup");
-	t_stop = now_us();
+	t_stop = (int64_t)mono_us();
 	ret = vm_pause(vm);
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot stop the VM: %s", strerror(-ret));
@@ -120,8 +112,8 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen)
 	ret = snapshot_save(vm, uri + 5, mig->ignore_shared, err, errlen);
 	if (ret < 0)
 		goto out_fail;
-	mig->downtime_us = now_us() - t_stop;
-	mig->total_us = now_us() - t0;
+	mig->downtime_us = (int64_t)mono_us() - t_stop;
+	mig->total_us = (int64_t)mono_us() - t0;
 	mig->setup_us = t_stop - t0;
 	mig->total = vm->mem.size;
 	mig->transferred = stat(uri + 5, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;

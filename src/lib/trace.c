@@ -2,9 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/resource.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 
@@ -28,18 +28,16 @@ void trace_init(void)
 
 void trace_mark_slow(const char *what)
 {
-	struct timespec ts;
 	unsigned i = __atomic_fetch_add(&nr_marks, 1, __ATOMIC_RELAXED);
 
 	if (i >= TRACE_MAX)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	marks[i].ns = mono_ns();
 	{
 		struct rusage ru;
 		getrusage(RUSAGE_THREAD, &ru);
 		marks[i].minflt = ru.ru_minflt;
 	}
-	marks[i].ns = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 	__atomic_store_n(&marks[i].what, what, __ATOMIC_RELEASE);
 }
 

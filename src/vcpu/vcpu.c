@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vm/vm_priv.h"
@@ -156,14 +157,6 @@ static bool vcpu_handle_exit(struct vcpu *v)
 		vm_guest_crashed(v->vm, v->id, why);
 		return false;
 	}
-}
-
-static uint64_t mono_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* Waits on the CPU while cond holds, yielding now and then to whoever we

@@ -13,11 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cpr/snapshot.h"
 #include "dev/pm.h"
+#include "lib/clock.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vcpu/vcpu_state.h"
@@ -211,14 +211,6 @@ static bool late_kick(void)
 		on = e && !strcmp(e, "late-kick");
 	}
 	return on;
-}
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* The vCPUs stopped now, if no earlier moment was recorded for this pause. */
