@@ -115,22 +115,27 @@ class Updater:
 
     def __init__(self, vm, tmp_path, mode, env=None):
         self.vm, self.tmp, self.mode, self.env = vm, tmp_path, mode, env
-        self.current, self.spare, self.n = vm.proc, [], 0
+        self.current, self.spare, self.n, self.done = vm.proc, [], 0, 0
 
-    def update(self):
+    def update(self, **params):
+        """One update in self.mode (params: more migrate-set-parameters);
+        returns query-migrate of the process that serves afterwards."""
+        self.done += 1
         if self.mode == "cpr-exec":
-            m, _ = cpr_exec(self.vm)
-            assert m["status"] == "completed", m
-            return
+            m, _ = cpr_exec(self.vm, **params)
+            assert m["status"] == "completed", (self.done, m)
+            return m
         new, inc = start_incoming(self.vm, self.tmp, self.n, env=self.env)
         self.n += 1
         self.spare.append(new)
-        cpr_transfer(self.vm, inc)
+        cpr_transfer(self.vm, inc, **params)
         assert self.current.wait(20) == 0
         self.current = new
         q = qmp_when_ready(self.vm)
-        assert q.ok("query-migrate")["status"] == "completed"
+        m = q.ok("query-migrate")
         q.close()
+        assert m["status"] == "completed", (self.done, m)
+        return m
 
     def cleanup(self):
         for p in self.spare:
@@ -431,22 +436,11 @@ def test_stop_at_an_exit_or_a_kick(vms, tmp_path, wait_us):
     vm = vms(cmdline="heartbeat=1000000 verify=64", memory="256M", cpus=2)
     for cpu in range(2):
         vm.serial.wait(r"^OK 1 cpu=%d$" % cpu, timeout=60)
-    current, spare = vm.proc, []
+    u = Updater(vm, tmp_path, "cpr-exec")
     try:
         for i in range(6):
-            if i % 2 == 0:
-                m, st = cpr_exec(vm, **{"x-stop-wait-us": wait_us})
-                assert m["status"] == "completed", (i, m)
-            else:
-                new, inc = start_incoming(vm, tmp_path, i)
-                spare.append(new)
-                cpr_transfer(vm, inc, **{"x-stop-wait-us": wait_us})
-                assert current.wait(20) == 0
-                current = new
-                q = qmp_when_ready(vm)
-                m = q.ok("query-migrate")
-                q.close()
-                assert m["status"] == "completed", (i, m)
+            u.mode = "cpr-transfer" if i % 2 else "cpr-exec"
+            m = u.update(**{"x-stop-wait-us": wait_us})
             assert m["x-downtime-us"] < 50000, m
         for cpu in range(2):
             vm.serial.wait(r"^OK \d+ cpu=%d$" % cpu, start=vm.serial.count(), timeout=30)
@@ -458,10 +452,7 @@ def test_stop_at_an_exit_or_a_kick(vms, tmp_path, wait_us):
         assert_hb_continuous(heartbeats(vm.serial))
         assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.lines[-10:]
     finally:
-        for p in spare:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        u.cleanup()
 
 
 SOAK = int(os.environ.get("CPRVM_SOAK_UPDATES", "200"))
@@ -473,18 +464,11 @@ def test_soak_alternating_modes(vms, tmp_path):
     vm = vms(cmdline="heartbeat=5000 dirty=20,wss=32 verify=32", memory="256M", cpus=2)
     for cpu in range(2):
         vm.serial.wait(r"^OK 1 cpu=%d$" % cpu, timeout=60)
-    current, spare = vm.proc, []
+    u = Updater(vm, tmp_path, "cpr-exec")
     try:
         for i in range(SOAK):
-            if i % 2 == 0:
-                m, st = cpr_exec(vm)
-                assert m["status"] == "completed", (i, m)
-            else:
-                new, inc = start_incoming(vm, tmp_path, i)
-                spare.append(new)
-                cpr_transfer(vm, inc)
-                assert current.wait(20) == 0
-                current = new
+            u.mode = "cpr-transfer" if i % 2 else "cpr-exec"
+            u.update()
         for cpu in range(2):
             vm.serial.wait(r"^OK \d+ cpu=%d$" % cpu, start=vm.serial.count(), timeout=30)
         vm.serial.wait(r"^HB \d+$", start=vm.serial.count() + 3)
@@ -492,10 +476,7 @@ def test_soak_alternating_modes(vms, tmp_path):
         assert_hb_continuous(heartbeats(vm.serial))
         assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.lines[-10:]
     finally:
-        for p in spare:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        u.cleanup()
 
 
 @pytest.mark.parametrize("fault", [None, "late-kick"])
