@@ -20,7 +20,7 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -Wall -Wextra \
 # its seed corpus $(FUZZ_OUT)/corpus-NAME (the fuzzer writes its own small
 # valid inputs; MORE_SEEDS, a command, may add to them), and run-NAME.
 define fuzzer
-$(FUZZ_OUT)/fuzz_$(1): $(2) $(3) fuzz/fuzz.mk
+$(FUZZ_OUT)/fuzz_$(1): $(2) $(3) fuzz/fuzz_seeds.h fuzz/fuzz.mk
 	@mkdir -p $(FUZZ_OUT)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $$@ $(2) $(4)
 

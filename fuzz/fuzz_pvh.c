@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_seeds.h"
 #include "mem/mem.h"
 #include "x86/pvh.h"
 
@@ -116,11 +117,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 	if (mem_open(&ram, FUZZ_RAM, NULL, true, err, sizeof(err)))
 		fuzz_die("mem_open", err);
-	for (int i = 1; i < *argc; i++)
-		if (!strncmp((*argv)[i], "--write-seeds=", 14)) {
-			seed_write((*argv)[i] + 14);
-			exit(0);
-		}
+	fuzz_seed_option(*argc, *argv, seed_write);
 	return 0;
 }
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_seeds.h"
 #include "lib/crc32c.h"
 #include "state/state.h"
 #include "state/stream.h"
@@ -273,10 +274,6 @@ static void seed_write(const char *dir)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	for (int i = 1; i < *argc; i++)
-		if (!strncmp((*argv)[i], "--write-seeds=", 14)) {
-			seed_write((*argv)[i] + 14);
-			exit(0);
-		}
+	fuzz_seed_option(*argc, *argv, seed_write);
 	return 0;
 }
