@@ -522,6 +522,26 @@ static int apply_job_fn(struct vcpu *v, void *arg)
 	return vcpu_state_apply_parked(v, j->s, j->same_host);
 }
 
+/* Each parked vCPU thread sets its own vCPU from s (vcpu_jobs_post). */
+static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_host)
+{
+	struct apply_job *jobs = calloc(s->nr_vcpus, sizeof(*jobs));
+	void **args = calloc(s->nr_vcpus, sizeof(*args));
+	int ret = -ENOMEM;
+
+	if (jobs && args) {
+		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+			jobs[i] = (struct apply_job){ &s->vcpus[i], same_host };
+			args[i] = &jobs[i];
+		}
+		vcpu_jobs_post(vm, apply_job_fn, args);
+		ret = vcpu_jobs_wait(vm);
+	}
+	free(jobs);
+	free(args);
+	return ret;
+}
+
 int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vcpu_threads,
 		   char *err, size_t errlen)
 {
@@ -538,33 +558,12 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 		/* Parked threads (live update): each restores its own vCPU,
 		 * unless the early state set it all already (cpr.c, "Early
 		 * state"; its last jobs may still run). */
-		struct apply_job *jobs;
-		void **args;
 		bool left = false;
 
 		vcpu_jobs_wait(vm);
 		for (uint32_t i = 0; i < s->nr_vcpus && !left; i++)
 			left = !vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]);
-		if (!left)
-			goto vcpus_set;
-		jobs = calloc(s->nr_vcpus, sizeof(*jobs));
-		args = calloc(s->nr_vcpus, sizeof(*args));
-
-		if (!jobs || !args) {
-			free(jobs);
-			free(args);
-			snprintf(err, errlen, "out of memory");
-			return -ENOMEM;
-		}
-		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-			jobs[i] = (struct apply_job){ &s->vcpus[i], same_host };
-			args[i] = &jobs[i];
-		}
-		vcpu_jobs_post(vm, apply_job_fn, args);
-		ret = vcpu_jobs_wait(vm);
-		free(jobs);
-		free(args);
-		if (ret < 0) {
+		if (left && (ret = apply_on_vcpu_threads(s, vm, same_host)) < 0) {
 			snprintf(err, errlen, "cannot restore the vCPUs: %s", strerror(-ret));
 			return ret;
 		}
@@ -578,7 +577,6 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 			}
 		}
 	}
-vcpus_set:
 	trace_mark("vcpus-set");
 	ret = serial_load(vm->serial, &s->serial);
 	if (ret < 0) {

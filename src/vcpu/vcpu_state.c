@@ -551,9 +551,11 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 
 	if (!e)
 		return -ENOMEM;
-	if (v->early_broken || (int)part != v->early_parts + 1)
-		ret = -EPROTO;
-	switch (ret ? 0 : part) {
+	if (v->early_broken || (int)part != v->early_parts + 1) {
+		v->early_broken = true;
+		return -EPROTO;
+	}
+	switch (part) {
 	case VCPU_EARLY_XSAVE:
 		if ((ret = load_xsave(v, s)) == 0) {
 			e->xsave_len = s->xsave_len;
