@@ -887,10 +887,12 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	trace_mark("sent-R");
 	/* Committed: the old side never runs the guest after 'R'. */
 	if (threads_parked) {
-		ret = cs->guest_paused ? 0 : vm_resume(vm);
+		ret = cs->guest_paused ? 0 : vm_resume_quiet(vm);
 		cs->resumed_ns = mono_ns();
-		/* A vCPU thread waiting on this CPU goes first. */
+		/* A vCPU thread waiting on this CPU goes first; the events
+		 * after. */
 		sched_yield();
+		vm_emit_resume(vm);
 	} else {
 		ret = cs->guest_paused ? vm_start_paused(vm) : vm_start(vm);
 		cs->resumed_ns = mono_ns();
@@ -1637,8 +1639,19 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		goto out_fail;
 	}
 	stopped = true;
-	/* The capture jobs read the state and send it (capture_finish). */
-	ret = vcpu_jobs_wait(vm);
+	/* From the stop on, and for good once the guest runs there, this task
+	 * must not take a CPU from the new side: its main thread sets the
+	 * early state and takes the stream in while the capture runs, and
+	 * then its vCPUs run the guest. Woken at normal priority (the jobs'
+	 * end, the answer) this task would preempt them: before, it did so in
+	 * the middle of the blackout, for 5-10 us at a time (traced).
+	 * SCHED_BATCH (see "Batch"), not SCHED_IDLE: with the guest's vCPUs
+	 * busy on every CPU an idle task would hardly run, and the old process
+	 * must still end. It waits asleep for the capture jobs, which send the
+	 * stream themselves (capture_finish): spinning, it took turns with
+	 * the new side's main thread on the CPU they shared (traced). */
+	cpr_batch_begin();
+	ret = vcpu_jobs_wait_asleep(vm);
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot read the vCPUs' state: %s", strerror(-ret));
 		goto out_fail;
@@ -1648,13 +1661,6 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		set_err(why, whylen, ret, "the guest powered off or crashed during the update");
 		goto out_fail;
 	}
-	/* Until the answer, and for good once the guest runs there, this task
-	 * must not take a CPU from the new side's vCPUs: woken by the answer
-	 * at normal priority it would preempt one of them. SCHED_BATCH (see
-	 * "Batch"), not SCHED_IDLE: with the guest's vCPUs busy on every CPU
-	 * an idle task would hardly run, and the old process must still end. */
-	if (ret == 0)
-		cpr_batch_begin();
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;

@@ -249,19 +249,23 @@ void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *a
 	pthread_mutex_unlock(&v->vm->lock);
 }
 
-int vcpu_jobs_wait(struct vm *vm)
+static int jobs_wait(struct vm *vm, unsigned spin_us)
 {
 	int ret = 0;
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		uint64_t end = mono_us() + 5000;
 
-		__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 		/* Each job is a handful of ioctls: wait on the CPU first. */
-		SPIN_WHILE(__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
-				   !__atomic_load_n(&v->exited, __ATOMIC_ACQUIRE),
-			   end);
+		if (spin_us) {
+			uint64_t end = mono_us() + spin_us;
+
+			__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
+			SPIN_WHILE(__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
+					   v->thread_started &&
+					   !__atomic_load_n(&v->exited, __ATOMIC_ACQUIRE),
+				   end);
+		}
 		pthread_mutex_lock(&vm->lock);
 		while (__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
 		       !v->exited)
@@ -272,6 +276,16 @@ int vcpu_jobs_wait(struct vm *vm)
 			ret = v->job_ret;
 	}
 	return ret;
+}
+
+int vcpu_jobs_wait(struct vm *vm)
+{
+	return jobs_wait(vm, 5000);
+}
+
+int vcpu_jobs_wait_asleep(struct vm *vm)
+{
+	return jobs_wait(vm, 0);
 }
 
 bool vcpu_wait_all_out(struct vm *vm, unsigned max_us)

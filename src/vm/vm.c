@@ -318,7 +318,7 @@ int vm_pause(struct vm *vm)
 	return ret;
 }
 
-int vm_resume(struct vm *vm)
+int vm_resume_quiet(struct vm *vm)
 {
 	if (vm->state == RUN_STATE_RUNNING)
 		return 0;
@@ -331,9 +331,25 @@ int vm_resume(struct vm *vm)
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	vm->state = RUN_STATE_RUNNING;
+	vm->resume_event_owed = true;
+	return 0;
+}
+
+void vm_emit_resume(struct vm *vm)
+{
+	if (!vm->resume_event_owed)
+		return;
+	vm->resume_event_owed = false;
 	vm_emit_stop(vm); /* the one held back, if any: STOP comes before RESUME */
 	vm_emit(vm, "RESUME", NULL);
-	return 0;
+}
+
+int vm_resume(struct vm *vm)
+{
+	int ret = vm_resume_quiet(vm);
+
+	vm_emit_resume(vm);
+	return ret;
 }
 
 void vm_quit(struct vm *vm, int status, const char *reason, bool guest)

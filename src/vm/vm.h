@@ -69,6 +69,12 @@ int vm_pause_quiet(struct vm *vm, unsigned wait_us);
 void vm_emit_stop(struct vm *vm);
 /* Lets them run again. Emits RESUME. */
 int vm_resume(struct vm *vm);
+/* The same, but RESUME (and a STOP held back) waits for vm_emit_resume: the
+ * new side of a live update lets its vCPUs go first, and writes events to
+ * its QMP clients once they run (on a host with few CPUs the main thread
+ * shares one with a vCPU thread then). */
+int vm_resume_quiet(struct vm *vm);
+void vm_emit_resume(struct vm *vm);
 enum vm_run_state vm_get_run_state(struct vm *vm);
 const char *vm_run_state_name(enum vm_run_state s);
 /* Asks the main loop to end: the process exits with status after teardown.

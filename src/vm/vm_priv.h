@@ -130,6 +130,7 @@ struct vm {
 	struct migration migration;
 	enum vm_run_state state;
 	bool stop_event_owed; /* paused by vm_pause_quiet, STOP not sent yet */
+	bool resume_event_owed; /* resumed by vm_resume_quiet, RESUME not sent yet */
 	bool guest_event_posted; /* shutdown or crash already reported */
 	vm_event_fn event_fn;
 	void *event_opaque;
@@ -172,6 +173,9 @@ void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *c
 /* The same for one vCPU (its previous job done); vcpu_jobs_wait waits for it. */
 void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg);
 int vcpu_jobs_wait(struct vm *vm);
+/* The same, asleep from the start: for a waiter that has nothing to do
+ * at once when the jobs end (they pass their results on themselves). */
+int vcpu_jobs_wait_asleep(struct vm *vm);
 /* For a job posted with a pause: waits on the CPU until every vCPU with a
  * thread is out of the guest. A vCPU's state is read only then: a vCPU
  * still in the guest could send it an interrupt (an IPI, INIT, SIPI) after
