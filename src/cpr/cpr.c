@@ -1148,7 +1148,7 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
  * which runs it once the old vCPU thread is done with the CPU they share.
  * The stream is parsed meanwhile; the restore then only compares (each
  * vCPU's early state against the stream's) and sets nothing when all is
- * equal (vcpu_state_apply_parked). Nothing depends on it: without the
+ * equal (snapshot.c, apply_on_vcpu_threads). Nothing depends on it: without the
  * channel, or with a message lost, out of order or refused, the restore
  * sets everything the stream holds. */
 

@@ -513,33 +513,37 @@ out_free:
 struct apply_job {
 	const struct vcpu_state *s;
 	bool same_host;
+	bool done; /* the early state set all of it (cpr.c, "Early state") */
 };
 
 static int apply_job_fn(struct vcpu *v, void *arg)
 {
 	const struct apply_job *j = arg;
 
-	return vcpu_state_apply_parked(v, j->s, j->same_host);
+	return j->done ? 0 : vcpu_state_apply_parked(v, j->s, j->same_host);
 }
 
-/* Each parked vCPU thread sets its own vCPU from s (vcpu_jobs_post). */
+/* Each parked vCPU thread sets its own vCPU from s (vcpu_jobs_post),
+ * unless the early state set all of it already; each vCPU's early state is
+ * compared with s once, here. Its last early jobs must be done. */
 static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_host)
 {
-	struct apply_job *jobs = calloc(s->nr_vcpus, sizeof(*jobs));
-	void **args = calloc(s->nr_vcpus, sizeof(*args));
-	int ret = -ENOMEM;
+	struct apply_job jobs[CPRVM_MAX_CPUS];
+	void *args[CPRVM_MAX_CPUS];
+	bool left = false;
 
-	if (jobs && args) {
-		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-			jobs[i] = (struct apply_job){ &s->vcpus[i], same_host };
-			args[i] = &jobs[i];
-		}
-		vcpu_jobs_post(vm, apply_job_fn, args);
-		ret = vcpu_jobs_wait(vm);
+	if (s->nr_vcpus > CPRVM_MAX_CPUS)
+		return -EINVAL;
+	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+		jobs[i] = (struct apply_job){ &s->vcpus[i], same_host,
+					      vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]) };
+		args[i] = &jobs[i];
+		left |= !jobs[i].done;
 	}
-	free(jobs);
-	free(args);
-	return ret;
+	if (!left)
+		return 0;
+	vcpu_jobs_post(vm, apply_job_fn, args);
+	return vcpu_jobs_wait(vm);
 }
 
 int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vcpu_threads,
@@ -555,15 +559,10 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 		return ret;
 	}
 	if (on_vcpu_threads && s->nr_vcpus == (uint32_t)vm->nr_vcpus) {
-		/* Parked threads (live update): each restores its own vCPU,
-		 * unless the early state set it all already (cpr.c, "Early
-		 * state"; its last jobs may still run). */
-		bool left = false;
-
+		/* Parked threads (live update): each restores its own vCPU
+		 * (the early state's last jobs may still run: done first). */
 		vcpu_jobs_wait(vm);
-		for (uint32_t i = 0; i < s->nr_vcpus && !left; i++)
-			left = !vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]);
-		if (left && (ret = apply_on_vcpu_threads(s, vm, same_host)) < 0) {
+		if ((ret = apply_on_vcpu_threads(s, vm, same_host)) < 0) {
 			snprintf(err, errlen, "cannot restore the vCPUs: %s", strerror(-ret));
 			return ret;
 		}

@@ -640,8 +640,6 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	bool sync, early;
 	int ret;
 
-	if (vcpu_state_early_complete(v, s))
-		return 0; /* the early state set all of it */
 	if (!vm->have_sync_regs || !base)
 		return vcpu_state_load(v, s, same_host);
 	if (s->have_sregs2) {
