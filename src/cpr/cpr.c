@@ -37,6 +37,7 @@
 #include "cpr/snapshot.h"
 #include "lib/clock.h"
 #include "lib/log.h"
+#include "lib/sock.h"
 #include "lib/trace.h"
 #include "qmp/qmp.h"
 #include "state/state.h"
@@ -1480,27 +1481,19 @@ int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *
 
 	if (!cs)
 		return -ENOMEM;
-	if (strlen(path) >= sizeof(sa.sun_path) - 12) {
-		snprintf(err, errlen, "--incoming unix: path too long");
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "--incoming unix: path too long (at most %zu bytes)",
+			 sizeof(sa.sun_path) - 1);
 		free(cs);
 		return -ENAMETOOLONG;
 	}
-	/* Bound under a temporary name and renamed once listening: whoever
-	 * sees PATH can connect (no ECONNREFUSED window between bind and
-	 * listen). */
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s.%d", path, (int)getpid());
-	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 1) < 0 ||
-	    rename(sa.sun_path, path) < 0) {
-		ret = -errno;
+	/* Whoever sees PATH can connect (lib/sock.h). */
+	lfd = unix_listen(path, 1, SOCK_CLOEXEC, 0);
+	if (lfd < 0) {
 		snprintf(err, errlen, "cannot listen on '%s' for incoming state: %s", path,
-			 strerror(-ret));
-		if (lfd >= 0) {
-			close(lfd);
-			unlink(sa.sun_path);
-		}
+			 strerror(-lfd));
 		free(cs);
-		return ret;
+		return lfd;
 	}
 	cpr_batch_begin();
 	pr_info("cpr-transfer: waiting for the old process on %s", path);

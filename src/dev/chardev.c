@@ -21,6 +21,7 @@
 
 #include "dev/chardev.h"
 #include "lib/log.h"
+#include "lib/sock.h"
 #include "state/state.h"
 
 #define PTY_POLL_NS (50 * 1000 * 1000)
@@ -271,39 +272,22 @@ static int chardev_pty_timer_add(struct chardev *c, struct loop *loop)
 
 static int chardev_open_unix(struct chardev *c, char *err, size_t errlen)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct stat st;
 	int fd, ret;
 
-	strcpy(sa.sun_path, c->spec.path);
-	if (lstat(c->spec.path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen, "serial socket path '%s' exists and is not a socket",
-				 c->spec.path);
-			return -EEXIST;
-		}
-		/* A live socket belongs to someone else; a dead one is stale. */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(fd);
-			snprintf(err, errlen, "serial socket '%s' is in use by another process",
-				 c->spec.path);
-			return -EADDRINUSE;
-		}
-		if (fd >= 0)
-			close(fd);
-		unlink(c->spec.path);
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto out_errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 8) < 0) {
-		ret = -errno;
-		close(fd);
+	/* Listening once the path exists (lib/sock.h): a client that waits
+	 * for the file and connects is never refused. */
+	fd = unix_listen(c->spec.path, 8, SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -EEXIST)
+		snprintf(err, errlen, "serial socket path '%s' exists and is not a socket",
+			 c->spec.path);
+	else if (fd == -EADDRINUSE)
+		snprintf(err, errlen, "serial socket '%s' is in use by another process",
+			 c->spec.path);
+	else if (fd < 0)
 		snprintf(err, errlen, "cannot listen on serial socket '%s': %s", c->spec.path,
-			 strerror(-ret));
-		return ret;
-	}
+			 strerror(-fd));
+	if (fd < 0)
+		return fd;
 	c->listen_fd = fd;
 	ret = loop_add_fd(c->loop, fd, EPOLLIN, chardev_accept, c);
 	if (ret < 0) {
@@ -312,10 +296,6 @@ static int chardev_open_unix(struct chardev *c, char *err, size_t errlen)
 	}
 	snprintf(c->desc, sizeof(c->desc), "unix:%s", c->spec.path);
 	return 0;
-out_errno:
-	ret = -errno;
-	snprintf(err, errlen, "serial socket: %s", strerror(-ret));
-	return ret;
 }
 
 static int chardev_open_pty(struct chardev *c, char *err, size_t errlen)

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "lib/sock.h"
 #include "qmp/qmp.h"
 
 #define QMP_READ_CHUNK (64u << 10)
@@ -629,50 +630,6 @@ static void qmp_accept(int fd, uint32_t events, void *opaque)
 	qmp_reap(s);
 }
 
-/* Makes way for the socket: nothing there, or a stale socket that nobody
- * listens on any more (a cprvm that crashed). */
-static int qmp_clear_path(const char *path, const struct sockaddr_un *sa, char *err, size_t errlen)
-{
-	struct stat st;
-	int fd, r, e;
-
-	if (lstat(path, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		e = errno;
-		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
-		return -e;
-	}
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen,
-			 "cannot create QMP socket %s: the path exists and is not a socket", path);
-		return -EEXIST;
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		e = errno;
-		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
-		return -e;
-	}
-	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
-	e = errno;
-	close(fd);
-	if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
-		snprintf(err, errlen, "QMP socket %s is in use by another process", path);
-		return -EADDRINUSE;
-	}
-	if (e != ECONNREFUSED) {
-		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(e));
-		return -e;
-	}
-	if (unlink(path) < 0 && errno != ENOENT) {
-		e = errno;
-		snprintf(err, errlen, "cannot replace stale QMP socket %s: %s", path, strerror(e));
-		return -e;
-	}
-	return 0;
-}
-
 void qmp_server_release_path(struct qmp_server *s)
 {
 	if (s) {
@@ -695,22 +652,20 @@ int qmp_server_new(struct qmp_server **out, const char *path, struct loop *loop,
 int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, struct loop *loop,
 		      char *err, size_t errlen)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	const size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
 	struct qmp_server *s;
 	struct stat st;
-	mode_t old;
-	int ret, r;
+	int ret;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		snprintf(err, errlen, "QMP socket path too long (at most %zu bytes): %s",
-			 sizeof(sa.sun_path) - 1, path);
+	if (strlen(path) > max) {
+		snprintf(err, errlen, "QMP socket path too long (at most %zu bytes): %s", max,
+			 path);
 		return -ENAMETOOLONG;
 	}
 	if (!*path) {
 		snprintf(err, errlen, "QMP socket path is empty");
 		return -EINVAL;
 	}
-	memcpy(sa.sun_path, path, strlen(path) + 1);
 	/* jansson seeds its hash tables on the first object it makes, from
 	 * /dev/urandom (open, read, close): now, not with the first event of
 	 * a live update's new side, sent in the blackout (~12 us, traced). */
@@ -734,34 +689,27 @@ int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, s
 		}
 		goto registered;
 	}
-	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(-ret));
-		goto out_free;
-	}
-	ret = qmp_clear_path(path, &sa, err, errlen);
-	if (ret)
-		goto out_close;
 	/* The socket file is born 0600: no window in which others may connect.
 	 * umask is per process, but nothing else creates files while we are
-	 * being set up on the main thread. */
-	old = umask(0177);
-	r = bind(s->fd, (struct sockaddr *)&sa, sizeof(sa));
-	ret = -errno;
-	umask(old);
-	if (r < 0) {
-		snprintf(err, errlen, "cannot create QMP socket %s: %s", path, strerror(-ret));
+	 * being set up on the main thread. It is listening once PATH exists
+	 * (lib/sock.h). */
+	s->fd = unix_listen(path, 16, SOCK_NONBLOCK | SOCK_CLOEXEC, 0177);
+	if (s->fd < 0) {
+		ret = s->fd;
+		if (ret == -EADDRINUSE)
+			snprintf(err, errlen, "QMP socket %s is in use by another process", path);
+		else if (ret == -EEXIST)
+			snprintf(err, errlen,
+				 "cannot create QMP socket %s: the path exists and is not a socket",
+				 path);
+		else
+			snprintf(err, errlen, "cannot create QMP socket %s: %s", path,
+				 strerror(-ret));
 		goto out_close;
 	}
 	if (stat(path, &st) == 0) {
 		s->dev = st.st_dev;
 		s->ino = st.st_ino;
-	}
-	if (listen(s->fd, 16) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot listen on QMP socket %s: %s", path, strerror(-ret));
-		goto out_unlink;
 	}
 registered:
 	ret = qmp_register(s, "qmp_capabilities", qmp_cmd_capabilities, NULL);
@@ -778,8 +726,8 @@ registered:
 out_unlink:
 	unlink(path);
 out_close:
-	close(s->fd);
-out_free:
+	if (s->fd >= 0)
+		close(s->fd);
 	free(s->cmds);
 	free(s->path);
 	free(s);

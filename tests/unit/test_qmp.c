@@ -5,6 +5,7 @@
  * client waits for data the test pumps the server's loop with loop_run_once(). */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 
 #include "lib/log.h"
 #include "lib/loop.h"
+#include "lib/sock.h"
 #include "qmp/qmp.h"
 
 struct tenv {
@@ -872,6 +874,137 @@ static void test_free_spares_foreign_path(void **state)
 	assert_int_equal(access(p, F_OK), 0);
 }
 
+/* ---- lib/sock.h: listening as soon as the path exists ------------------- */
+
+struct watcher {
+	const char *path;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int round;    /* main thread: which round to watch for */
+	int done;     /* watcher: the last round finished */
+	int refused;  /* connections refused although the path existed */
+	bool stop;
+};
+
+/* Spins until the path appears, then connects at once: what a client that
+ * waits for the socket file does (the system tests' conftest), only faster. */
+static void *watch(void *arg)
+{
+	struct watcher *w = arg;
+	struct stat st;
+
+	for (int r = 1;; r++) {
+		pthread_mutex_lock(&w->lock);
+		while (w->round < r && !w->stop)
+			pthread_cond_wait(&w->cond, &w->lock);
+		pthread_mutex_unlock(&w->lock);
+		if (w->stop)
+			return NULL;
+		while (lstat(w->path, &st) < 0)
+			;
+		int fd = unix_connect(w->path);
+		pthread_mutex_lock(&w->lock);
+		if (fd == -ECONNREFUSED)
+			w->refused++;
+		w->done = r;
+		pthread_cond_signal(&w->cond);
+		pthread_mutex_unlock(&w->lock);
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
+static void test_unix_listen(void **state)
+{
+	struct tenv *e = *state;
+	struct watcher w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+	char p[128], tmp[160], longp[108];
+	pthread_t t;
+	struct stat st;
+	int fd, fd2;
+
+	snprintf(p, sizeof(p), "%s/l.sock", e->dir);
+	w.path = p;
+	assert_int_equal(pthread_create(&t, NULL, watch, &w), 0);
+	/* Bound in place, about one client in a few hundred that saw the file
+	 * was refused here (with both cores free): 2000 rounds catch it. */
+	for (int r = 1; r <= 2000; r++) {
+		unlink(p);
+		pthread_mutex_lock(&w.lock);
+		w.round = r;
+		pthread_cond_signal(&w.cond);
+		pthread_mutex_unlock(&w.lock);
+		fd = unix_listen(p, 4, SOCK_CLOEXEC, 0);
+		assert_true(fd >= 0);
+		pthread_mutex_lock(&w.lock);
+		while (w.done < r)
+			pthread_cond_wait(&w.cond, &w.lock);
+		pthread_mutex_unlock(&w.lock);
+		close(fd);
+	}
+	pthread_mutex_lock(&w.lock);
+	w.stop = true;
+	pthread_cond_signal(&w.cond);
+	pthread_mutex_unlock(&w.lock);
+	pthread_join(t, NULL);
+	assert_int_equal(w.refused, 0);
+
+	/* The temporary name is gone; the umask applies to the file. */
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", p, (int)getpid());
+	assert_int_equal(access(tmp, F_OK), -1);
+	unlink(p);
+	fd = unix_listen(p, 4, SOCK_CLOEXEC, 0177);
+	assert_true(fd >= 0);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+
+	/* Someone listens there: refused, their socket left alone. */
+	assert_int_equal(unix_listen(p, 4, SOCK_CLOEXEC, 0), -EADDRINUSE);
+	fd2 = unix_connect(p);
+	assert_true(fd2 >= 0);
+	close(fd2);
+	close(fd);
+
+	/* Stale (nobody listens any more): replaced. */
+	assert_int_equal(unix_connect(p), -ECONNREFUSED);
+	fd = unix_listen(p, 4, SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	fd2 = unix_connect(p);
+	assert_true(fd2 >= 0);
+	close(fd2);
+	close(fd);
+
+	/* Not a socket: left intact. */
+	unlink(p);
+	fd = open(p, O_CREAT | O_WRONLY, 0600);
+	assert_int_equal(write(fd, "keep", 4), 4);
+	close(fd);
+	assert_int_equal(unix_listen(p, 4, SOCK_CLOEXEC, 0), -EEXIST);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_size, 4);
+
+	/* A path that leaves no room for the temporary name is bound in place;
+	 * one that does not fit at all is refused. */
+	memset(longp, 0, sizeof(longp));
+	snprintf(longp, sizeof(longp), "%s/", e->dir);
+	memset(longp + strlen(longp), 'y', sizeof(longp) - 1 - strlen(longp));
+	fd = unix_listen(longp, 4, SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	fd2 = unix_connect(longp);
+	assert_true(fd2 >= 0);
+	close(fd2);
+	close(fd);
+	unlink(longp);
+	{
+		char toolong[200];
+		memset(toolong, 'z', sizeof(toolong) - 1);
+		toolong[0] = '/';
+		toolong[sizeof(toolong) - 1] = 0;
+		assert_int_equal(unix_listen(toolong, 4, SOCK_CLOEXEC, 0), -ENAMETOOLONG);
+	}
+}
+
 /* ---- fuzz-ish --------------------------------------------------------- */
 
 static void fuzz_fill(char *buf, size_t n, unsigned *seed)
@@ -965,6 +1098,7 @@ int main(void)
 	    T(test_bad_paths),
 	    T(test_stale_socket),
 	    T(test_free_spares_foreign_path),
+	    T(test_unix_listen),
 	    T(test_fuzz),
 	};
 #undef T
