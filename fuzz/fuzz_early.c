@@ -1,7 +1,8 @@
 /* fuzz_early.c — libFuzzer target for vcpu_early_decode (vcpu/vcpu_state.h),
  * the messages of a live update's early state (one per part of a vCPU's
  * state) that the new side reads from another process and sets before the
- * stream is checked.
+ * stream is checked; and for vcpu_early_decode_all, the four of them back to
+ * back as a live stream's "vcpu-early/N" section carries them.
  *
  * Beyond "no crash" (ASan/UBSan): a refusal changes nothing the caller can
  * see beyond the output state, and an accepted message is exactly what the
@@ -20,6 +21,7 @@
 
 static struct vcpu_state st;
 static uint8_t out[VCPU_EARLY_MAX];
+static uint8_t out_all[VCPU_EARLY_ALL_MAX];
 
 static void fuzz_die(const char *why)
 {
@@ -33,6 +35,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint32_t id = 0xffffffff;
 	size_t n;
 
+	/* The whole vCPU, for the id its first header names. */
+	id = size >= 8 ? (uint32_t)data[6] | (uint32_t)data[7] << 8 : 0;
+	if (vcpu_early_decode_all(data, size, id, &st) == 0) {
+		n = vcpu_early_encode_all(&st, id, out_all, sizeof(out_all));
+		if (n != size || memcmp(out_all, data, size))
+			fuzz_die("an accepted vCPU is not what its decoded state encodes to");
+	}
+	id = 0xffffffff;
 	if (vcpu_early_decode(data, size, &id, &part, &st) < 0)
 		return 0;
 	if (id > UINT16_MAX || part < VCPU_EARLY_XSAVE || part > VCPU_EARLY_PARTS ||
@@ -75,6 +85,17 @@ static void seed_write(const char *dir)
 				snprintf(path, sizeof(path), "%s/seed-%zu-%zu-%d", dir, a, b, part);
 				f = fopen(path, "wb");
 				if (!n || !f || fwrite(out, 1, n, f) != n)
+					fuzz_die("cannot write a seed");
+				fclose(f);
+			}
+			{
+				size_t n = vcpu_early_encode_all(&st, (uint32_t)a, out_all,
+								 sizeof(out_all));
+				FILE *f;
+
+				snprintf(path, sizeof(path), "%s/seed-%zu-%zu-all", dir, a, b);
+				f = fopen(path, "wb");
+				if (!n || !f || fwrite(out_all, 1, n, f) != n)
 					fuzz_die("cannot write a seed");
 				fclose(f);
 			}

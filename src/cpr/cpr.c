@@ -71,8 +71,15 @@ struct cpr_state {
 	 * (cpr_place_main). */
 	uint32_t run_tid_len; /* bytes */
 	uint32_t run_tid[CPRVM_MAX_CPUS];
+	/* Phase 1, old side: what it can send (CPR_CAP_*); a new side that
+	 * takes one up says so in its answer. */
+	uint32_t caps;
 	uint64_t resumed_ns; /* not sent: this side let the vCPUs go */
 };
+
+/* The vCPUs' state in phase 2 as the early messages' own bytes (sections
+ * "vcpu-early/N"; see "Early state"): the new side answers 'Q' for 'P'. */
+#define CPR_CAP_EARLY_SECTIONS 0x1u
 
 static const struct state_field cpr_fd_fields[] = {
 	STATE_FIELD_BYTES(1, struct cpr_fd, name, .flags = STATE_F_REQUIRED),
@@ -90,6 +97,7 @@ static const struct state_field cpr_fields[] = {
 	STATE_FIELD_U32(7, struct cpr_state, guest_paused),
 	STATE_FIELD_VBYTES(8, struct cpr_state, vcpu_tid, vcpu_tid_len),
 	STATE_FIELD_VBYTES(9, struct cpr_state, run_tid, run_tid_len),
+	STATE_FIELD_U32(10, struct cpr_state, caps),
 };
 static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fields);
 
@@ -234,7 +242,7 @@ static int keeper_main(void *p)
  * fd, every device, the serial backend's unwritten bytes, the fd registry. */
 static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
 			    const struct cpr_state *cs, const struct vcpu_state *captured,
-			    struct sbuf *b)
+			    bool early_sections, struct sbuf *b)
 {
 	struct machine_state ms;
 	int ret;
@@ -243,7 +251,7 @@ static int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
 	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, b, captured)) < 0 ||
+	    (ret = snapshot_put_devices(vm, b, captured, early_sections)) < 0 ||
 	    (trace_mark("devices-put"), 0) ||
 	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
 				    STREAM_SEC_REQUIRED)) < 0 ||
@@ -355,7 +363,7 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen)
 	 * state, the exec and the new image's start-up. */
 	cs->captured_ns = mono_ns();
 
-	ret = cpr_build_stream(vm, ho, cs, NULL, &b);
+	ret = cpr_build_stream(vm, ho, cs, NULL, false, &b);
 	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
 		goto out_resume;
@@ -460,6 +468,9 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  *   old -> new  phase 1 (guest still running): header + the fds (SCM_RIGHTS)
  *               + a stream with "machine" and "cpr" (the fd registry)
  *   new -> old  'P'               VM built over those fds, ready for state
+ *               'Q'               the same, and phase 2 may carry the vCPUs
+ *                                 as the early messages' bytes (only if
+ *                                 phase 1's registry offered it: caps)
  *               'F' reason\0      refused (the guest never stopped)
  *   old -> new  early state (guest stopped), on a channel of its own that
  *               came with phase 1's fds ("vcpu-early", SOCK_SEQPACKET): one
@@ -469,6 +480,10 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  *               next is read; the stream below still carries everything and
  *               wins (see "Early state").
  *   old -> new  phase 2 (guest stopped): header + the whole state stream
+ *               (after 'Q': a vCPU's section is "vcpu-early/N", the bytes of
+ *               its four early messages, which the new side compares with
+ *               those it set; else, and for a vCPU they cannot describe,
+ *               "vcpu/N")
  *   new -> old  'R'               state applied: the guest is the new one's
  *                                 from here on (it starts at once)
  *               'F' reason\0      refused (the old one resumes)
@@ -608,7 +623,7 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
 			pr_debug("live update: a malformed early state message (%zd bytes)", n);
 			continue;
 		}
-		ret = vcpu_state_apply_early(&vm->vcpus[id], part, tmp);
+		ret = vcpu_state_apply_early(&vm->vcpus[id], part, tmp, buf, (size_t)n);
 		if (ret < 0)
 			pr_debug("live update: vCPU %u early state, part %d: %s", id, (int)part,
 				 strerror(-ret));
@@ -1165,6 +1180,7 @@ struct capture_fin {
 	struct sbuf *b;
 	int sock;
 	int left;    /* captures not done yet */
+	bool early_sections; /* the new side answered 'Q' (CPR_CAP_EARLY_SECTIONS) */
 	bool failed; /* one of them failed: nothing is sent */
 	bool sent;   /* the stream went out (ret says how) */
 	int ret;
@@ -1202,7 +1218,7 @@ static void capture_finish(struct capture_fin *f)
 	f->cs->paused_ns = f->cs->captured_ns = mono_ns();
 	chardev_set_frozen(vm->serial_chr, true);
 	chardev_export(vm->serial_chr, f->ho);
-	f->ret = cpr_build_stream(vm, f->ho, f->cs, f->vstates, f->b);
+	f->ret = cpr_build_stream(vm, f->ho, f->cs, f->vstates, f->early_sections, f->b);
 	trace_mark("built");
 	if (f->ret == 0)
 		f->ret = xfer_send_msg(f->sock, f->b, NULL, 0);
@@ -1243,6 +1259,20 @@ static int capture_job_fn(struct vcpu *v, void *arg)
 	    !__atomic_load_n(&a->fin->failed, __ATOMIC_SEQ_CST))
 		capture_finish(a->fin);
 	return ret;
+}
+
+/* New side: whether to take the vCPUs' state in phase 2 as the early
+ * messages' bytes (CPR_CAP_EARLY_SECTIONS): the old side offers it, and
+ * every vCPU keeps the messages it sets, to compare. Tests: "new-classic"
+ * plays a new side without the capability. */
+static bool early_sections_ok(struct vm *vm, const struct cpr_state *cs, int early_fd)
+{
+	if (!(cs->caps & CPR_CAP_EARLY_SECTIONS) || early_fd < 0 || xfer_fault("new-classic"))
+		return false;
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		if (!vm->vcpus[i].early || !vm->vcpus[i].early_msgs)
+			return false;
+	return true;
 }
 
 /* New side. The registry lands in *cs (the way back, for a live cpr-exec).
@@ -1369,6 +1399,8 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 
 			if (!v->early && (v->early = calloc(1, sizeof(*v->early))))
 				touch_pages(v->early, sizeof(*v->early));
+			if (!v->early_msgs && (v->early_msgs = malloc(VCPU_EARLY_ALL_MAX)))
+				touch_pages(v->early_msgs, VCPU_EARLY_ALL_MAX);
 		}
 		if (!early_buf || !early_tmp) {
 			close(early_fd);
@@ -1384,7 +1416,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	cpr_place_vcpus(vm, cs);
 	cpr_place_main(cs);
 	trace_mark("P");
-	if (send(sock, "P", 1, MSG_NOSIGNAL) != 1) {
+	if (send(sock, early_sections_ok(vm, cs, early_fd) ? "Q" : "P", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out_refuse;
 	}
@@ -1443,6 +1475,13 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	vm = NULL;
 	qmp = NULL;
 	cpr_done(*vm_out, cs, t_adopt, t_built, mono_ns(), getenv(CPR_ENV_ROLLBACK));
+	{
+		uint32_t msgs = 0;
+
+		for (uint32_t i = 0; i < snap.nr_vcpus && i < CPRVM_MAX_CPUS; i++)
+			msgs += snap.vcpu_early[i] != NULL;
+		vm_cpr_vcpu_state(*vm_out, snap.nr_vcpus, snap.nr_set_early, msgs);
+	}
 	goto out;
 out_refuse:
 	cpr_batch_end(vm);
@@ -1576,6 +1615,9 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	}
 	if (live)
 		cpr_put_prev_argv(cs);
+	/* Tests: "old-classic" plays an old side without the capability. */
+	if (early[1] >= 0 && !xfer_fault("old-classic"))
+		cs->caps |= CPR_CAP_EARLY_SECTIONS;
 	for (int i = 0; !live && i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
 		cs->vcpu_tid[i] = (uint32_t)vm->vcpus[i].tid;
 		cs->vcpu_tid_len += sizeof(cs->vcpu_tid[0]);
@@ -1606,7 +1648,9 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
 	if (ret < 0)
 		goto out_fail;
-	if (c != 'P') {
+	if (c == 'Q' && (cs->caps & CPR_CAP_EARLY_SECTIONS)) {
+		fin.early_sections = true;
+	} else if (c != 'P') {
 		xfer_recv_reason(sock, why, whylen);
 		ret = -ECANCELED;
 		goto out_fail;

@@ -72,6 +72,14 @@ void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us)
 	vm->migration.blackout_end_us = end_us;
 }
 
+void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages)
+{
+	vm->migration.have_vcpu_state = true;
+	vm->migration.vcpus = vcpus;
+	vm->migration.vcpus_set_early = set_early;
+	vm->migration.vcpus_as_messages = as_messages;
+}
+
 void migrate_failed(struct vm *vm, const char *why)
 {
 	struct migration *mig = &vm->migration;

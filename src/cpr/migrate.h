@@ -29,6 +29,11 @@ struct migration {
 	/* Live update: when the vCPUs stopped and when they ran again
 	 * (CLOCK_MONOTONIC, us; the same clock in every process here). */
 	int64_t blackout_start_us, blackout_end_us;
+	/* Live update, new side: how the vCPUs' state came (x-vcpu-state):
+	 * vCPUs the early state set whole (the stream only confirmed it),
+	 * vCPUs whose stream section held the early messages' bytes. */
+	bool have_vcpu_state;
+	uint32_t vcpus, vcpus_set_early, vcpus_as_messages;
 	char error[256];
 };
 
@@ -42,6 +47,7 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
 void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason);
 void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6]);
 void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us);
+void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages);
 /* A cpr-exec that failed before exec(): the guest runs on, report it. */
 void migrate_failed(struct vm *vm, const char *why);
 const char *migrate_mode_name(enum migrate_mode m);

@@ -35,11 +35,23 @@ static const struct state_field machine_fields[] = {
 const struct state_desc machine_state_desc = STATE_DESC("machine", 1, 1, machine_fields);
 
 
+/* N of "vcpu-early/N" (live update, see snapshot.h), else -1. */
+static long vcpu_early_section_id(const char *name)
+{
+	const char *d = name + strlen("vcpu-early/");
+
+	if (strncmp(name, "vcpu-early/", strlen("vcpu-early/")) || !*d || strlen(d) > 4 ||
+	    strspn(d, "0123456789") != strlen(d) || (d[0] == '0' && d[1]))
+		return -1;
+	return strtol(d, NULL, 10);
+}
+
 /* Every section this version knows, for stream_check_known. */
 static bool snapshot_known(const char *name, void *opaque)
 {
 	/* Live update adds the fd registry and the serial backend's buffer. */
-	if (opaque && (!strcmp(name, "cpr") || !strcmp(name, "chardev/serial0")))
+	if (opaque && (!strcmp(name, "cpr") || !strcmp(name, "chardev/serial0") ||
+		       vcpu_early_section_id(name) >= 0))
 		return true;
 	return !strcmp(name, "machine") || !strncmp(name, "vcpu/", 5) || !strcmp(name, "irqchip") ||
 	       !strcmp(name, "pit") || !strcmp(name, "clock") || !strcmp(name, "serial/0");
@@ -66,7 +78,30 @@ const struct state_desc *snapshot_desc_for(const char *section, void *opaque)
 
 /* --- save ---------------------------------------------------------------- */
 
-int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured)
+/* Section "vcpu-early/N": 1 if written, 0 if the early messages cannot
+ * describe this vCPU (nothing written: "vcpu/N" then), <0 on error. */
+static int put_vcpu_early(struct sbuf *b, const struct vcpu_state *s, int i)
+{
+	char name[32];
+	size_t tok, n;
+	int ret;
+
+	snprintf(name, sizeof(name), "vcpu-early/%d", i);
+	tok = stream_section_begin(b, name, 1, STREAM_SEC_REQUIRED);
+	if ((ret = sbuf_reserve(b, VCPU_EARLY_ALL_MAX)) < 0)
+		return ret;
+	n = vcpu_early_encode_all(s, (uint32_t)i, b->data + b->len, b->cap - b->len);
+	if (!n) {
+		b->len = tok; /* take the section's start back */
+		return 0;
+	}
+	b->len += n;
+	ret = stream_section_end(b, tok);
+	return ret < 0 ? ret : 1;
+}
+
+int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured,
+			 bool early_sections)
 {
 	struct vm_kvm_state kvm;
 	struct serial_state ser;
@@ -82,6 +117,13 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state 
 			ret = vcpu_state_save(&vm->vcpus[i], vs);
 			if (ret < 0)
 				goto out;
+		}
+		if (captured && early_sections) {
+			ret = put_vcpu_early(b, &captured[i], i);
+			if (ret < 0)
+				goto out;
+			if (ret == 1)
+				continue;
 		}
 		snprintf(name, sizeof(name), "vcpu/%d", i);
 		ret = stream_put_state(b, name, &vcpu_state_desc, captured ? &captured[i] : vs,
@@ -130,7 +172,7 @@ static int snapshot_build_stream(struct vm *vm, const struct machine_state *ms, 
 	ret = stream_put_state(b, "machine", &machine_state_desc, ms, STREAM_SEC_REQUIRED);
 	if (ret < 0)
 		return ret;
-	ret = snapshot_put_devices(vm, b, NULL);
+	ret = snapshot_put_devices(vm, b, NULL, false);
 	if (ret < 0)
 		return ret;
 	return stream_writer_end(b);
@@ -353,7 +395,34 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *c
 		goto out_free;
 	}
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
+		const struct stream_section *sec;
 		char name[32];
+
+		snprintf(name, sizeof(name), "vcpu-early/%u", i);
+		sec = cpr && i < CPRVM_MAX_CPUS ? stream_find(&idx, name) : NULL;
+		if (sec) {
+			snprintf(name, sizeof(name), "vcpu/%u", i);
+			if (stream_find(&idx, name)) {
+				ret = set_err(err, errlen, -EINVAL,
+					      "vCPU %u has both 'vcpu/%u' and 'vcpu-early/%u'", i,
+					      i, i);
+				goto out_free;
+			}
+			if (sec->version != 1) {
+				ret = set_err(err, errlen, -ENOTSUP,
+					      "section 'vcpu-early/%u' is version %u, this build "
+					      "reads version 1", i, sec->version);
+				goto out_free;
+			}
+			if (vcpu_early_decode_all(sec->payload, sec->len, i, &s->vcpus[i]) < 0) {
+				ret = set_err(err, errlen, -EINVAL,
+					      "section 'vcpu-early/%u' is malformed", i);
+				goto out_free;
+			}
+			s->vcpu_early[i] = sec->payload;
+			s->vcpu_early_len[i] = sec->len;
+			continue;
+		}
 		snprintf(name, sizeof(name), "vcpu/%u", i);
 		ret = stream_get_state(&idx, name, &vcpu_state_desc, &s->vcpus[i], why, sizeof(why));
 		if (ret < 0) {
@@ -535,10 +604,17 @@ static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_ho
 	if (s->nr_vcpus > CPRVM_MAX_CPUS)
 		return -EINVAL;
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		jobs[i] = (struct apply_job){ &s->vcpus[i], same_host,
-					      vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]) };
+		/* The early messages' bytes, if the stream has them: equal
+		 * bytes, equal state (else the fields are compared). */
+		bool done = (s->vcpu_early[i] &&
+			     vcpu_state_early_same(&vm->vcpus[i], s->vcpu_early[i],
+						   s->vcpu_early_len[i])) ||
+			    vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]);
+
+		jobs[i] = (struct apply_job){ &s->vcpus[i], same_host, done };
 		args[i] = &jobs[i];
 		left |= !jobs[i].done;
+		s->nr_set_early += done;
 	}
 	if (!left)
 		return 0;

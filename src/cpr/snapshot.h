@@ -58,6 +58,14 @@ struct snapshot {
 	struct machine_state machine;
 	struct vcpu_state *vcpus;
 	uint32_t nr_vcpus;
+	/* Live update: vCPU i came as "vcpu-early/i", the bytes of its early
+	 * messages (vcpu_early_encode_all), here in the parsed stream (valid
+	 * while that is); NULL: as "vcpu/i". vcpus[i] holds it decoded. */
+	const uint8_t *vcpu_early[CPRVM_MAX_CPUS];
+	uint32_t vcpu_early_len[CPRVM_MAX_CPUS];
+	/* snapshot_apply on the vCPU threads: how many the early state had
+	 * set whole (nothing was left to do for them). */
+	uint32_t nr_set_early;
 	struct vm_kvm_state kvm;
 	struct serial_state serial;
 };
@@ -65,8 +73,11 @@ struct snapshot {
 /* The "machine" section for this VM. */
 void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode);
 /* Sections vcpu/N, irqchip, pit, clock, serial/0 (VM paused). The vCPUs'
- * state is read now, or was (captured: one per vCPU). */
-int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured);
+ * state is read now, or was (captured: one per vCPU). early_sections (a
+ * live update's new side has the early messages, cpr.c "Early state"): a
+ * captured vCPU goes as "vcpu-early/N" instead, where it can. */
+int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured,
+			 bool early_sections);
 /* Parses and validates a whole stream into s (machine checked against cfg,
  * every device section loaded); *idx stays valid for more sections (the
  * caller frees it). cpr: also accept the live-update sections. */

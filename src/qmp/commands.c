@@ -355,6 +355,12 @@ static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *op
 					    json_pack("[I,I]", (json_int_t)mig->blackout_start_us,
 						      (json_int_t)mig->blackout_end_us));
 		}
+		if (mig->have_vcpu_state)
+			json_object_set_new(r, "x-vcpu-state",
+					    json_pack("{s:i,s:i,s:i}", "vcpus", (int)mig->vcpus,
+						      "set-early", (int)mig->vcpus_set_early,
+						      "as-early-messages",
+						      (int)mig->vcpus_as_messages));
 	} else if (!strcmp(mig->status, "failed")) {
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	}

@@ -371,6 +371,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	__atomic_sub_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&v->out, false, __ATOMIC_SEQ_CST);
 	v->parked = false;
+	v->regs_fresh = false;
 	pthread_mutex_unlock(&vm->lock);
 	trace_mark("vcpu-unparked");
 	return !stop;
@@ -414,13 +415,21 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 			bool alive = true;
 			for (; owed;) {
 				__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-				if (ioctl(v->fd, KVM_RUN, 0) < 0)
+				/* The registers come back with it: the state
+				 * capture that usually follows the park needs no
+				 * KVM_RUN of its own (~15 us, vcpu_state.c). */
+				if (vm->have_sync_regs)
+					v->run->kvm_valid_regs = VCPU_SYNC_ALL;
+				if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+					v->regs_fresh = vm->have_sync_regs && errno == EINTR;
 					break;
+				}
 				if (!vcpu_handle_exit(v)) {
 					alive = false;
 					break;
 				}
 			}
+			v->run->kvm_valid_regs = 0;
 			owed = false;
 			if (!alive) {
 				vcpu_park(v, true, runner);
@@ -813,6 +822,8 @@ void vcpu_destroy(struct vcpu *v)
 	v->run = NULL;
 	free(v->early);
 	v->early = NULL;
+	free(v->early_msgs);
+	v->early_msgs = NULL;
 	if (v->fd >= 0)
 		close(v->fd);
 	v->fd = -1;

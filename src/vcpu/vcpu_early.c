@@ -164,3 +164,48 @@ int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_
 	*part = (enum vcpu_early_part)h.part;
 	return 0;
 }
+
+/* --- a whole vCPU: the four parts, one after the other --------------------
+ * What a live update's stream carries when the new side has the early
+ * messages already (cpr.c, "Early state"): their very bytes, so the new
+ * side compares instead of decoding. */
+
+_Static_assert(sizeof(struct early_regs) <= VCPU_EARLY_REGS_MAX, "VCPU_EARLY_REGS_MAX");
+
+size_t vcpu_early_encode_all(const struct vcpu_state *s, uint32_t vcpu_id, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	size_t off = 0;
+
+	for (int part = VCPU_EARLY_XSAVE; part <= VCPU_EARLY_REGS; part++) {
+		size_t n = vcpu_early_encode(s, vcpu_id, (enum vcpu_early_part)part, p + off,
+					     len - off);
+		if (!n)
+			return 0;
+		off += n;
+	}
+	return off;
+}
+
+int vcpu_early_decode_all(const void *buf, size_t len, uint32_t vcpu_id, struct vcpu_state *s)
+{
+	const uint8_t *p = buf;
+	size_t off = 0;
+
+	for (int want = VCPU_EARLY_XSAVE; want <= VCPU_EARLY_REGS; want++) {
+		struct early_hdr h;
+		enum vcpu_early_part part;
+		uint32_t id;
+
+		if (len - off < sizeof(h))
+			return -EINVAL;
+		memcpy(&h, p + off, sizeof(h));
+		if (h.len > len - off - sizeof(h))
+			return -EINVAL;
+		if (vcpu_early_decode(p + off, sizeof(h) + h.len, &id, &part, s) < 0 ||
+		    id != vcpu_id || (int)part != want)
+			return -EINVAL;
+		off += sizeof(h) + h.len;
+	}
+	return off == len ? 0 : -EINVAL;
+}

@@ -269,6 +269,7 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 	struct vm *vm = v->vm;
 	int ret;
 
+	v->regs_fresh = false; /* kvm_run's copy is stale from here on */
 	/* Order as Firecracker restores (src/vmm/src/arch/x86_64/vcpu.rs):
 	 * MP state first (it resets parts of the vCPU, e.g. on INIT
 	 * received), then registers; sregs before MSRs, because EFER and
@@ -407,13 +408,12 @@ int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_hos
  * registers, special registers and events both ways in kvm_run
  * (KVM_CAP_SYNC_REGS): one ioctl in place of three. */
 
-#define SYNC_ALL (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS)
-
 /* A KVM_RUN that enters no guest (immediate_exit): it only syncs. */
 static int vcpu_sync_run(struct vcpu *v)
 {
 	int ret;
 
+	v->regs_fresh = false;
 	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	ret = ioctl(v->fd, KVM_RUN, 0);
 	__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
@@ -465,12 +465,17 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	if (ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
 	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
 		return -errno;
-	/* Then the registers, through kvm_run. */
-	v->run->kvm_valid_regs = SYNC_ALL;
-	ret = vcpu_sync_run(v);
-	v->run->kvm_valid_regs = 0;
-	if (ret < 0)
-		return ret;
+	/* Then the registers, through kvm_run: there already if the vCPU
+	 * parked after completing an exit (vcpu.c), else one KVM_RUN. */
+	if (!v->regs_fresh) {
+		v->run->kvm_valid_regs = VCPU_SYNC_ALL;
+		ret = vcpu_sync_run(v);
+		v->run->kvm_valid_regs = 0;
+		if (ret < 0)
+			return ret;
+	} else {
+		trace_mark("regs-fresh");
+	}
 	s->regs = sr->regs;
 	s->sregs = sr->sregs;
 	/* The events as KVM_RUN left them: a parked vCPU's cannot change
@@ -534,7 +539,7 @@ static int early_regs_job(struct vcpu *v, void *arg)
 		sr->regs = e->regs;
 		sr->sregs = e->sregs;
 		sr->events = e->events;
-		v->run->kvm_dirty_regs = SYNC_ALL;
+		v->run->kvm_dirty_regs = VCPU_SYNC_ALL;
 		ret = vcpu_sync_run(v);
 		v->run->kvm_dirty_regs = 0;
 	}
@@ -544,7 +549,8 @@ static int early_regs_job(struct vcpu *v, void *arg)
 	return 0; /* a failure only means the restore does it all */
 }
 
-int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s)
+int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
+			   const void *msg, size_t msg_len)
 {
 	struct vcpu_state *e = v->early;
 	int ret = 0;
@@ -606,6 +612,15 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		return ret;
 	}
 	v->early_parts = part;
+	if (part == VCPU_EARLY_XSAVE)
+		v->early_msgs_len = 0;
+	if (v->early_msgs && v->early_msgs_len <= VCPU_EARLY_ALL_MAX &&
+	    msg_len <= VCPU_EARLY_ALL_MAX - v->early_msgs_len) {
+		memcpy(v->early_msgs + v->early_msgs_len, msg, msg_len);
+		v->early_msgs_len += msg_len;
+	} else {
+		v->early_msgs_len = SIZE_MAX; /* never the same */
+	}
 	return 0;
 }
 
@@ -614,6 +629,13 @@ bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s)
 	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
 	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE) &&
 	       early_matches(v->early, s, VCPU_EARLY_PARTS);
+}
+
+bool vcpu_state_early_same(struct vcpu *v, const void *all, size_t len)
+{
+	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
+	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE) && v->early_msgs &&
+	       v->early_msgs_len == len && !memcmp(v->early_msgs, all, len);
 }
 
 int vcpu_state_read_base(struct vcpu *v)
@@ -696,7 +718,7 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	sr->regs = s->regs;
 	sr->sregs = sregs;
 	sr->events = s->events;
-	v->run->kvm_dirty_regs = SYNC_ALL;
+	v->run->kvm_dirty_regs = VCPU_SYNC_ALL;
 	/* Applied now, not at the first real entry: a state KVM refuses is
 	 * refused before the update commits. */
 	ret = vcpu_sync_run(v);

@@ -87,11 +87,16 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
  * must come in order, each set once: anything else, or a part KVM
  * refuses, ends the early state for that vCPU (-EPROTO and the like) and
  * the restore sets everything from the stream. A copy of what was set is
- * kept in v->early. */
-int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s);
+ * kept in v->early, and the message it came in (msg, msg_len) appended to
+ * v->early_msgs when there is room (vcpu_state_early_same). */
+int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
+			   const void *msg, size_t msg_len);
 /* Whether the early state set all of s (the stream's), exactly: then the
  * restore has nothing left to do for v. Call once v's jobs are done. */
 bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s);
+/* The same, against the stream's copy of the early messages
+ * (vcpu_early_encode_all): their bytes are compared, nothing decoded. */
+bool vcpu_state_early_same(struct vcpu *v, const void *all, size_t len);
 /* One part as a message and back. encode: bytes written into buf (0 if it
  * does not fit, or the part cannot be sent); decode: 0 and the part (its
  * fields of s set, nothing else), or -EINVAL for anything malformed. */
@@ -101,6 +106,18 @@ size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, enum vcpu
 			 void *buf, size_t len);
 int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_early_part *part,
 		      struct vcpu_state *s);
+/* All four parts, in order, back to back: what a live update's stream
+ * carries for a vCPU whose early messages the new side has (section
+ * "vcpu-early/N", docs/stream-format.md). encode: bytes written (0 if a
+ * part cannot be sent, e.g. PAE paging, or buf is too small); decode: 0
+ * when buf is exactly the four parts of vCPU vcpu_id in order (all of s's
+ * fields set), else -EINVAL. */
+#define VCPU_EARLY_REGS_MAX 2048
+#define VCPU_EARLY_ALL_MAX                                                                  \
+	(VCPU_EARLY_PARTS * VCPU_EARLY_HDR + VCPU_XSAVE_MAX + sizeof(struct kvm_lapic_state) + \
+	 VCPU_MAX_MSRS * sizeof(struct kvm_msr_entry) + VCPU_EARLY_REGS_MAX)
+size_t vcpu_early_encode_all(const struct vcpu_state *s, uint32_t vcpu_id, void *buf, size_t len);
+int vcpu_early_decode_all(const void *buf, size_t len, uint32_t vcpu_id, struct vcpu_state *s);
 int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host);
 /* Reads a fresh vCPU's base (before its restore, off the critical path). */
 int vcpu_state_read_base(struct vcpu *v);

@@ -16,6 +16,9 @@
 #include "mem/mem.h"
 #include "vm/vm.h"
 
+/* What KVM_RUN carries in kvm_run both ways (KVM_CAP_SYNC_REGS). */
+#define VCPU_SYNC_ALL (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS)
+
 struct vcpu {
 	struct vm *vm;
 	int id;
@@ -67,6 +70,17 @@ struct vcpu {
 	int early_parts;
 	bool early_broken;
 	bool early_regs_ok;
+	/* ... and the messages those parts came in, back to back
+	 * (VCPU_EARLY_ALL_MAX bytes; NULL: not kept): what the stream's
+	 * "vcpu-early/N" is compared with. */
+	uint8_t *early_msgs;
+	size_t early_msgs_len;
+	/* Parked after a KVM_RUN that completed an exit and stored the
+	 * registers, special registers and events in kvm_run (vcpu.c): a
+	 * capture reads them there, without a KVM_RUN of its own. Only the
+	 * thread itself touches it; false once anything may have changed
+	 * them. */
+	bool regs_fresh;
 };
 
 struct vm {

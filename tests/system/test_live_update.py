@@ -300,7 +300,8 @@ def cpr_transfer(vm, inc, **extra):
 
 
 @pytest.mark.parametrize("cpus,fault", [(1, None), (2, None), (2, "no-base"),
-                                        (1, "early-wrong-regs"), (2, "early-skip-lapic")])
+                                        (1, "early-wrong-regs"), (2, "early-skip-lapic"),
+                                        (1, "old-classic"), (2, "new-classic")])
 def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
     # no-base: the new side's vCPUs ran the warm-up (a scratch context) and
     # then restore without skipping anything: every bit of it must go.
@@ -308,8 +309,11 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
     # one ahead of the stream, which the new side sets; the stream must win
     # (a guest resumed one byte off would crash). early-skip-lapic: no LAPIC
     # part, so the MSRs come out of order: the rest of the early state is
-    # dropped and the stream sets it all.
+    # dropped and the stream sets it all. old-classic / new-classic: an old
+    # (new) side without the capability to send the vCPUs as the early
+    # messages' bytes: the stream carries them field by field.
     env = {"CPRVM_TEST_XFER_FAULT": fault} if fault else None
+    set_early = 0
     vm = vms(cmdline="heartbeat=5000 verify=64", memory="512M", cpus=cpus, env=env)
     for cpu in range(cpus):
         vm.serial.wait(r"^OK 2 cpu=%d$" % cpu, timeout=60)
@@ -325,11 +329,26 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
             current = new
             q = qmp_when_ready(vm)
             assert q.ok("query-status")["status"] == "running"
-            assert q.ok("query-migrate")["status"] == "completed"
+            mig = q.ok("query-migrate")
+            assert mig["status"] == "completed"
             assert q.ok("query-version")["qemu"]["micro"] == (99 if binary == NEXT else 0)
             q.close()
+            # How the vCPUs' state came: as the early messages' bytes unless
+            # a side lacks the capability; set ahead whole never when the
+            # early registers were wrong or the LAPIC part missing.
+            vs = mig["x-vcpu-state"]
+            assert vs["vcpus"] == cpus
+            classic = fault in ("old-classic", "new-classic")
+            assert vs["as-early-messages"] == (0 if classic else cpus), vs
+            if fault == "early-wrong-regs":
+                assert vs["set-early"] == 0, vs
+            if fault == "early-skip-lapic":
+                assert vs["set-early"] < cpus, vs
+            set_early += vs["set-early"]
             n = vm.serial.count()
             vm.serial.wait(r"^HB \d+$", start=n + 3)
+        if fault in (None, "old-classic", "new-classic"):
+            assert set_early > 0  # the early state did its work, at least once
         for cpu in range(cpus):
             vm.serial.wait(r"^OK \d+ cpu=%d$" % cpu, start=vm.serial.count(), timeout=30)
         assert not vm.serial.eof

@@ -1270,6 +1270,70 @@ static void early_part_check(enum vcpu_early_part part, const struct vcpu_state 
 	assert_int_equal(vcpu_early_decode(buf, n, &id, &gp, &got), 0);
 }
 
+/* All four parts back to back (section "vcpu-early/N"): the whole state
+ * round-trips, as the same bytes as the four messages; anything but
+ * exactly those four, in order, for that vCPU, is refused. */
+static void early_all_check(const struct vcpu_state *in)
+{
+	static struct vcpu_state got, tmp;
+	static uint8_t all[VCPU_EARLY_ALL_MAX + 16], msgs[VCPU_EARLY_ALL_MAX], swapped[VCPU_EARLY_ALL_MAX];
+	size_t n, off = 0, part_off[VCPU_EARLY_PARTS + 1];
+
+	n = vcpu_early_encode_all(in, 5, all, sizeof(all));
+	assert_true(n > 0);
+	for (int p = VCPU_EARLY_XSAVE; p <= VCPU_EARLY_REGS; p++) {
+		part_off[p - 1] = off;
+		off += vcpu_early_encode(in, 5, (enum vcpu_early_part)p, msgs + off,
+					 sizeof(msgs) - off);
+	}
+	part_off[VCPU_EARLY_PARTS] = off;
+	assert_int_equal(n, off);
+	assert_memory_equal(all, msgs, n);
+
+	memset(&got, 0xa5, sizeof(got));
+	assert_int_equal(vcpu_early_decode_all(all, n, 5, &got), 0);
+	assert_int_equal(got.xsave_len, in->xsave_len);
+	assert_memory_equal(got.xsave, in->xsave, in->xsave_len);
+	assert_memory_equal(&got.lapic, &in->lapic, sizeof(in->lapic));
+	assert_int_equal(got.nr_msrs, in->nr_msrs);
+	assert_memory_equal(got.msrs, in->msrs, in->nr_msrs * sizeof(in->msrs[0]));
+	assert_int_equal(got.have_tsc_offset, in->have_tsc_offset);
+	assert_true(got.tsc_offset == in->tsc_offset);
+	assert_int_equal(got.have_sregs2, 0);
+	assert_memory_equal(&got.regs, &in->regs, sizeof(in->regs));
+	assert_memory_equal(&got.sregs, &in->sregs, sizeof(in->sregs));
+	assert_memory_equal(&got.events, &in->events, sizeof(in->events));
+	assert_memory_equal(&got.xcrs, &in->xcrs, sizeof(in->xcrs));
+	assert_memory_equal(&got.debugregs, &in->debugregs, sizeof(in->debugregs));
+	assert_memory_equal(&got.mp_state, &in->mp_state, sizeof(in->mp_state));
+
+	/* Another vCPU's; every truncation; a byte more; a part missing. */
+	assert_int_equal(vcpu_early_decode_all(all, n, 4, &tmp), -EINVAL);
+	for (size_t len = 0; len < n; len++)
+		assert_int_equal(vcpu_early_decode_all(all, len, 5, &tmp), -EINVAL);
+	assert_int_equal(vcpu_early_decode_all(all, n + 1, 5, &tmp), -EINVAL);
+	assert_int_equal(vcpu_early_decode_all(all + part_off[1], n - part_off[1], 5, &tmp),
+			 -EINVAL);
+	/* Two parts swapped (LAPIC before XSAVE). */
+	off = 0;
+	memcpy(swapped, all + part_off[1], part_off[2] - part_off[1]);
+	off += part_off[2] - part_off[1];
+	memcpy(swapped + off, all, part_off[1]);
+	off += part_off[1];
+	memcpy(swapped + off, all + part_off[2], n - part_off[2]);
+	assert_int_equal(vcpu_early_decode_all(swapped, n, 5, &tmp), -EINVAL);
+	/* A part's length that runs past the end. */
+	memcpy(swapped, all, n);
+	swapped[part_off[3] + 12] ^= 0x10;
+	assert_int_equal(vcpu_early_decode_all(swapped, n, 5, &tmp), -EINVAL);
+	/* Too small a buffer: nothing. */
+	assert_int_equal(vcpu_early_encode_all(in, 5, all, n - 1), 0);
+	/* PAE paging: the registers part cannot be sent, nor can the whole. */
+	memcpy(&tmp, in, sizeof(tmp));
+	tmp.have_sregs2 = 1;
+	assert_int_equal(vcpu_early_encode_all(&tmp, 5, all, sizeof(all)), 0);
+}
+
 static void early_state_round_trip_and_refusals(void **st)
 {
 	static struct vcpu_state in;
@@ -1310,6 +1374,7 @@ static void early_state_round_trip_and_refusals(void **st)
 	in.have_sregs2 = 0;
 	assert_int_equal(vcpu_early_encode(&in, 3, (enum vcpu_early_part)5, buf, sizeof(buf)), 0);
 	assert_int_equal(vcpu_early_encode(&in, 70000, VCPU_EARLY_LAPIC, buf, sizeof(buf)), 0);
+	early_all_check(&in);
 }
 
 int main(void)
