@@ -504,6 +504,8 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
  * loop has that event queued): nothing to take over. */
 #define XFER_OVER_MAGIC 0x5245564fu /* "OVER" */
 #define XFER_TIMEOUT_MS 10000
+/* The old side's nap before it looks for the answer to phase 2 (xfer_out). */
+#define XFER_ANSWER_NAP_US 300
 
 struct xfer_hdr {
 	uint32_t magic;
@@ -1715,6 +1717,16 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	if (ret < 0) {
 		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
 		goto out_fail;
+	}
+	/* Not awake when the answer comes: woken by 'R' on the CPU where the
+	 * new side's main thread lets its vCPU threads go, this thread was
+	 * picked before them when the main thread yielded (~20 us, traced).
+	 * The answer comes ~0.1 ms after the stream here; a refusal is taken
+	 * up this much later. */
+	{
+		const struct timespec nap = { .tv_nsec = XFER_ANSWER_NAP_US * 1000 };
+
+		nanosleep(&nap, NULL);
 	}
 	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
 	if (ret == -ETIMEDOUT) {
