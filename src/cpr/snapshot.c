@@ -35,15 +35,18 @@ static const struct state_field machine_fields[] = {
 const struct state_desc machine_state_desc = STATE_DESC("machine", 1, 1, machine_fields);
 
 
-/* N of "vcpu-early/N" (live update, see snapshot.h), else -1. */
-static long vcpu_early_section_id(const char *name)
+/* "vcpu-early/N" (live update, see snapshot.h): N of at most 4 digits,
+ * no leading zero. */
+static bool is_vcpu_early_section(const char *name)
 {
-	const char *d = name + strlen("vcpu-early/");
+	static const char pfx[] = "vcpu-early/";
+	const char *d;
 
-	if (strncmp(name, "vcpu-early/", strlen("vcpu-early/")) || !*d || strlen(d) > 4 ||
-	    strspn(d, "0123456789") != strlen(d) || (d[0] == '0' && d[1]))
-		return -1;
-	return strtol(d, NULL, 10);
+	if (strncmp(name, pfx, sizeof(pfx) - 1))
+		return false;
+	d = name + sizeof(pfx) - 1;
+	return *d && strlen(d) <= 4 && strspn(d, "0123456789") == strlen(d) &&
+	       !(d[0] == '0' && d[1]);
 }
 
 /* Every section this version knows, for stream_check_known. */
@@ -51,7 +54,7 @@ static bool snapshot_known(const char *name, void *opaque)
 {
 	/* Live update adds the fd registry and the serial backend's buffer. */
 	if (opaque && (!strcmp(name, "cpr") || !strcmp(name, "chardev/serial0") ||
-		       vcpu_early_section_id(name) >= 0))
+		       is_vcpu_early_section(name)))
 		return true;
 	return !strcmp(name, "machine") || !strncmp(name, "vcpu/", 5) || !strcmp(name, "irqchip") ||
 	       !strcmp(name, "pit") || !strcmp(name, "clock") || !strcmp(name, "serial/0");

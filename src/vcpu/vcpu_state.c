@@ -624,18 +624,22 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 	return 0;
 }
 
-bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s)
+/* Every part was set early, the registers' job included. */
+static bool early_all_set(struct vcpu *v)
 {
 	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
-	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE) &&
-	       early_matches(v->early, s, VCPU_EARLY_PARTS);
+	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE);
+}
+
+bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s)
+{
+	return early_all_set(v) && early_matches(v->early, s, VCPU_EARLY_PARTS);
 }
 
 bool vcpu_state_early_same(struct vcpu *v, const void *all, size_t len)
 {
-	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
-	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE) && v->early_msgs &&
-	       v->early_msgs_len == len && !memcmp(v->early_msgs, all, len);
+	return early_all_set(v) && v->early_msgs && v->early_msgs_len == len &&
+	       !memcmp(v->early_msgs, all, len);
 }
 
 int vcpu_state_read_base(struct vcpu *v)

@@ -914,6 +914,18 @@ static void *watch(void *arg)
 	}
 }
 
+/* fd is a socket listening at path: a client gets in. Closes fd. */
+static void assert_listens_then_close(int fd, const char *path)
+{
+	int c;
+
+	assert_true(fd >= 0);
+	c = unix_connect(path);
+	assert_true(c >= 0);
+	close(c);
+	close(fd);
+}
+
 static void test_unix_listen(void **state)
 {
 	struct tenv *e = *state;
@@ -921,7 +933,7 @@ static void test_unix_listen(void **state)
 	char p[128], tmp[160], longp[108];
 	pthread_t t;
 	struct stat st;
-	int fd, fd2;
+	int fd;
 
 	snprintf(p, sizeof(p), "%s/l.sock", e->dir);
 	w.path = p;
@@ -960,19 +972,11 @@ static void test_unix_listen(void **state)
 
 	/* Someone listens there: refused, their socket left alone. */
 	assert_int_equal(unix_listen(p, 4, SOCK_CLOEXEC, 0), -EADDRINUSE);
-	fd2 = unix_connect(p);
-	assert_true(fd2 >= 0);
-	close(fd2);
-	close(fd);
+	assert_listens_then_close(fd, p);
 
 	/* Stale (nobody listens any more): replaced. */
 	assert_int_equal(unix_connect(p), -ECONNREFUSED);
-	fd = unix_listen(p, 4, SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	fd2 = unix_connect(p);
-	assert_true(fd2 >= 0);
-	close(fd2);
-	close(fd);
+	assert_listens_then_close(unix_listen(p, 4, SOCK_CLOEXEC, 0), p);
 
 	/* Not a socket: left intact. */
 	unlink(p);
@@ -989,12 +993,7 @@ static void test_unix_listen(void **state)
 	memset(longp, 0, sizeof(longp));
 	snprintf(longp, sizeof(longp), "%s/", e->dir);
 	memset(longp + strlen(longp), 'y', sizeof(longp) - 1 - strlen(longp));
-	fd = unix_listen(longp, 4, SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	fd2 = unix_connect(longp);
-	assert_true(fd2 >= 0);
-	close(fd2);
-	close(fd);
+	assert_listens_then_close(unix_listen(longp, 4, SOCK_CLOEXEC, 0), longp);
 	unlink(longp);
 	{
 		char toolong[200];

@@ -1211,6 +1211,17 @@ static void describe_json(void **state)
 	sbuf_free(&b);
 }
 
+/* What the registers part carries equals in's. */
+static void assert_regs_part_equal(const struct vcpu_state *got, const struct vcpu_state *in)
+{
+	assert_memory_equal(&got->regs, &in->regs, sizeof(in->regs));
+	assert_memory_equal(&got->sregs, &in->sregs, sizeof(in->sregs));
+	assert_memory_equal(&got->events, &in->events, sizeof(in->events));
+	assert_memory_equal(&got->xcrs, &in->xcrs, sizeof(in->xcrs));
+	assert_memory_equal(&got->debugregs, &in->debugregs, sizeof(in->debugregs));
+	assert_memory_equal(&got->mp_state, &in->mp_state, sizeof(in->mp_state));
+}
+
 /* A live update's early vCPU state (vcpu_early.c): each part round-trips,
  * and every truncation, extension and header change is refused. */
 static void early_part_check(enum vcpu_early_part part, const struct vcpu_state *in, size_t want)
@@ -1242,12 +1253,7 @@ static void early_part_check(enum vcpu_early_part part, const struct vcpu_state 
 		assert_true(got.tsc_offset == in->tsc_offset);
 		break;
 	case VCPU_EARLY_REGS:
-		assert_memory_equal(&got.regs, &in->regs, sizeof(in->regs));
-		assert_memory_equal(&got.sregs, &in->sregs, sizeof(in->sregs));
-		assert_memory_equal(&got.events, &in->events, sizeof(in->events));
-		assert_memory_equal(&got.xcrs, &in->xcrs, sizeof(in->xcrs));
-		assert_memory_equal(&got.debugregs, &in->debugregs, sizeof(in->debugregs));
-		assert_memory_equal(&got.mp_state, &in->mp_state, sizeof(in->mp_state));
+		assert_regs_part_equal(&got, in);
 		/* Nothing else is touched. */
 		assert_int_equal(got.xsave_len, 0);
 		assert_int_equal(got.nr_msrs, 0);
@@ -1300,12 +1306,7 @@ static void early_all_check(const struct vcpu_state *in)
 	assert_int_equal(got.have_tsc_offset, in->have_tsc_offset);
 	assert_true(got.tsc_offset == in->tsc_offset);
 	assert_int_equal(got.have_sregs2, 0);
-	assert_memory_equal(&got.regs, &in->regs, sizeof(in->regs));
-	assert_memory_equal(&got.sregs, &in->sregs, sizeof(in->sregs));
-	assert_memory_equal(&got.events, &in->events, sizeof(in->events));
-	assert_memory_equal(&got.xcrs, &in->xcrs, sizeof(in->xcrs));
-	assert_memory_equal(&got.debugregs, &in->debugregs, sizeof(in->debugregs));
-	assert_memory_equal(&got.mp_state, &in->mp_state, sizeof(in->mp_state));
+	assert_regs_part_equal(&got, in);
 
 	/* Another vCPU's; every truncation; a byte more; a part missing. */
 	assert_int_equal(vcpu_early_decode_all(all, n, 4, &tmp), -EINVAL);
