@@ -6,8 +6,9 @@ On this host the medians of one `make bench` run move by about 0.05 ms from
 run to run, as much as most changes to the blackout: comparing two runs made
 apart says little. This drives bench/run.py's live-update case with each
 build in turn, the order swapped every round, and prints after each round,
-per build, the pauses so far: median, 25th and 75th percentile, and the
-median downtime (query-migrate).
+per build, the pauses so far: median, 25th and 75th percentile, the
+median downtime (query-migrate), and the longest other gap the guest saw
+during each update (hiccup_ms): median and 75th percentile.
 
   python3 bench/ab_live_update.py [--mode cpr-exec|cpr-transfer] [--size 1G]
                                   [--rounds 6] [--updates 8] BUILD BUILD...
@@ -28,10 +29,12 @@ import run  # noqa: E402  (bench/run.py)
 def summary(res):
     pauses = sorted(r["pause_gap_ms"] for r in res)
     downs = sorted(r["downtime_ms"] for r in res)
+    hiccups = sorted(r["hiccup_ms"] for r in res)
     n = len(pauses)
-    return "n=%d pause median %.3f p25 %.3f p75 %.3f ms | downtime median %.3f ms" % (
+    return ("n=%d pause median %.3f p25 %.3f p75 %.3f ms | downtime median %.3f ms"
+            " | other gaps (hiccup) median %.3f p75 %.3f ms") % (
         n, statistics.median(pauses), pauses[n // 4], pauses[(3 * n) // 4],
-        statistics.median(downs))
+        statistics.median(downs), statistics.median(hiccups), hiccups[(3 * n) // 4])
 
 
 def main():

@@ -1057,7 +1057,18 @@ out:
  * each way): a runner's end holds a CPU ~2 ms, and with the vCPU thread
  * pinned to the other one, every task woken meanwhile (the tracing showed
  * the bench's own) took the guest's CPU. So there the old side sends no
- * tids. */
+ * tids. Pinned there (from 'P', by the runners' tids) but left asleep until
+ * the stop gave it its registers job, it measured no better than unplaced
+ * (A/B, 48 updates each: pause median 0.514 against 0.482 ms): the job, or
+ * the thread's wait for it, sometimes took the runner's CPU in the middle
+ * of the capture (traced).
+ *
+ * Changing the running vCPU thread's CPU set and policy back from here, just
+ * after the resume, marks it for rescheduling (an IPI; traced, it entered
+ * the guest the first time through the scheduler). The thread doing it
+ * itself at its first exit measured worse still (cpr-transfer, A/B, 48
+ * updates each: 0.449 against 0.427 ms): that exit can come before the
+ * guest's first probe, and meanwhile the thread runs the guest pinned. */
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 {
 	uint32_t n = cs->vcpu_tid_len / sizeof(cs->vcpu_tid[0]);

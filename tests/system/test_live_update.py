@@ -292,6 +292,24 @@ def start_incoming(vm, tmp_path, n, args=None, env=None):
     return p, inc
 
 
+def assert_threads_unplaced(pid):
+    """Neither the VMM's main thread nor a vCPU thread is left pinned to a
+    CPU, or SCHED_BATCH, by the placement for a live update's blackout
+    (cpr.c, "Placement"). (KVM's own worker in the process, made while the
+    VM was built as SCHED_BATCH, keeps that policy.)"""
+    want = os.sched_getaffinity(0)  # what the VMM was started with
+    seen = 0
+    for tid in map(int, os.listdir("/proc/%d/task" % pid)):
+        with open("/proc/%d/task/%d/comm" % (pid, tid)) as f:
+            name = f.read().strip()
+        if tid != pid and not name.startswith("vcpu"):
+            continue
+        seen += 1
+        assert os.sched_getaffinity(tid) == want, name
+        assert os.sched_getscheduler(tid) == os.SCHED_OTHER, name
+    assert seen >= 2  # the main thread and a vCPU thread at least
+
+
 def cpr_transfer(vm, inc, **extra):
     q = qmp_when_ready(vm)
     q.ok("migrate-set-parameters", **dict(extra, mode="cpr-transfer"))
@@ -355,6 +373,9 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
         assert_hb_continuous(heartbeats(vm.serial))
         assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
         assert os.path.exists(vm.qmp_path) and os.path.exists(vm.serial_path)
+        # Every vCPU has left the guest since (its OK line): the CPU each
+        # was pinned to for the blackout, and SCHED_BATCH, are given back.
+        assert_threads_unplaced(current.pid)
     finally:
         for p in extra:
             if p.poll() is None:
