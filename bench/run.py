@@ -293,6 +293,28 @@ def check_space(size, mode, bench="snapshot"):
                                % (bench, size, mode, free >> 20, d))
 
 
+def qemu_wait_migrated(q, nap):
+    """Polls QEMU's query-migrate until the migration completed; raises if it
+    failed or was cancelled."""
+    while True:
+        m = q.cmd("query-migrate")
+        if m.get("status") == "completed":
+            return m
+        if m.get("status") in ("failed", "cancelled"):
+            raise RuntimeError("QEMU migrate: %r" % m)
+        time.sleep(nap)
+
+
+def wait_past_setup(q):
+    """Polls cprvm's query-migrate until the update is no longer in setup;
+    returns the last answer (completed, or failed with the reason)."""
+    while True:
+        m = q.cmd("query-migrate")
+        if m.get("status") != "setup":
+            return m
+        time.sleep(0.0005)
+
+
 def cprvm_once(tmp, size, mode):
     """One boot -> save -> restore cycle of cprvm."""
     sock, qsock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "q.sock")
@@ -365,13 +387,7 @@ def qemu_once(tmp, size, mode):
             t0 = time.monotonic()
             q.cmd("stop")
             q.cmd("migrate", uri="exec:cat > " + snap)
-            while True:
-                m = q.cmd("query-migrate")
-                if m.get("status") == "completed":
-                    break
-                if m.get("status") in ("failed", "cancelled"):
-                    raise RuntimeError("QEMU migrate: %r" % m)
-                time.sleep(0.001)
+            m = qemu_wait_migrated(q, 0.001)
             wall = (time.monotonic() - t0) * 1000.0
             procs.stop(p, q)
             con.close()
@@ -707,11 +723,7 @@ def lu_cprvm(tmp, size, mode, runs):
                 while True:
                     q = qmp_retry(qsock, deadline)
                     try:
-                        while True:
-                            m = q.cmd("query-migrate")
-                            if m.get("status") != "setup":
-                                break
-                            time.sleep(0.0005)
+                        m = wait_past_setup(q)
                         break
                     except (OSError, RuntimeError, ValueError):
                         continue
@@ -755,11 +767,7 @@ def lu_cprvm(tmp, size, mode, runs):
                 state["p"] = new
                 q = qmp_retry(qsock, t0 + 30)
                 try:
-                    while True:
-                        m = q.cmd("query-migrate")
-                        if m.get("status") != "setup":
-                            break
-                        time.sleep(0.0005)
+                    m = wait_past_setup(q)
                 finally:
                     q.close()
                 t_done = time.monotonic()
@@ -838,13 +846,7 @@ def lu_qemu(tmp, size, runs):
                 src, sq, scon = state["p"], state["q"], state["con"]
                 t0 = time.monotonic()
                 sq.cmd("migrate", uri="unix:" + msock)
-                while True:
-                    m = sq.cmd("query-migrate")
-                    if m.get("status") == "completed":
-                        break
-                    if m.get("status") in ("failed", "cancelled"):
-                        raise RuntimeError("QEMU migrate: %r" % m)
-                    time.sleep(0.0005)
+                m = qemu_wait_migrated(sq, 0.0005)
                 t_done = time.monotonic()
                 # The blackout: the source's STOP event to the destination's
                 # RESUME event.
