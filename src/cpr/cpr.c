@@ -102,6 +102,7 @@ static const struct state_field cpr_fields[] = {
 static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fields);
 
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs);
+static void cpr_place_vcpus_late(struct vm *vm, bool release);
 static void cpr_unplace_vcpus(struct vm *vm);
 
 /* Fault injection for the rollback tests: CPRVM_TEST_XFER_FAULT=name. */
@@ -631,6 +632,8 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
 				 strerror(-ret));
 		else
 			trace_mark(part == VCPU_EARLY_REGS ? "early-regs-posted" : "early-set");
+		if (vm->hold_early_regs)
+			cpr_place_vcpus_late(vm, false); /* the first time only */
 	}
 }
 
@@ -1052,27 +1055,47 @@ out:
  * thread gets its CPU set and policy back.
  * Only a hint: without it things work, slower.
  *
- * cpr-transfer only. In a live cpr-exec it shortened the pause by ~0.2 ms
- * but added ~1.2 ms to the other gaps the guest saw (A/B, 2 x 16 updates
- * each way): a runner's end holds a CPU ~2 ms, and with the vCPU thread
- * pinned to the other one, every task woken meanwhile (the tracing showed
- * the bench's own) took the guest's CPU. So there the old side sends no
- * tids. Pinned there (from 'P', by the runners' tids) but left asleep until
- * the stop gave it its registers job, it measured no better than unplaced
- * (A/B, 48 updates each: pause median 0.514 against 0.482 ms): the job, or
- * the thread's wait for it, sometimes took the runner's CPU in the middle
- * of the capture (traced).
+ * That is cpr-transfer's way (the old side sends vcpu_tid). In a live
+ * cpr-exec it shortened the pause by ~0.2 ms but added ~1.2 ms to the other
+ * gaps the guest saw (A/B, 2 x 16 updates each way): a runner's end holds a
+ * CPU ~2 ms, and with the vCPU thread pinned to the other one, every task
+ * woken meanwhile (the tracing showed the bench's own) took the guest's
+ * CPU. So there the old side sends only its runners' tids, and the new side
+ * places its vCPU threads late (cpr_place_vcpus_late): from the stop on,
+ * each on its runner's CPU, waiting politely, its registers' job held until
+ * the stream is in. A/B against no placement, 48 updates each: pause median
+ * 0.488 against 0.503 ms, downtime 0.242 against 0.262 ms, other gaps the
+ * same (median 2.25 ms). Tried and left out on the way (48 updates each):
+ * pinned from 'P' but asleep until the stop gave it its registers job (0.514
+ * against 0.482 ms: the job sometimes ran in the middle of the capture);
+ * pinned only once the stream was in (it then waited 20-50 us for that CPU
+ * to leave idle, traced).
  *
- * Changing the running vCPU thread's CPU set and policy back from here, just
- * after the resume, marks it for rescheduling (an IPI; traced, it entered
- * the guest the first time through the scheduler). The thread doing it
- * itself at its first exit measured worse still (cpr-transfer, A/B, 48
- * updates each: 0.449 against 0.427 ms): that exit can come before the
- * guest's first probe, and meanwhile the thread runs the guest pinned. */
+ * Changing the running vCPU thread's policy back from here, just after the
+ * resume, marks it for rescheduling (an IPI; traced, it entered the guest
+ * the first time through the scheduler): a late-placed thread takes its
+ * policy back itself after its job. Its CPU set comes back from here (a
+ * mask that still holds its CPU moves nothing). The thread doing all of it
+ * itself at its first exit measured worse (cpr-transfer, A/B, 48 updates
+ * each: 0.449 against 0.427 ms): that exit can come before the guest's
+ * first probe, and meanwhile the thread runs the guest pinned. */
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 {
 	uint32_t n = cs->vcpu_tid_len / sizeof(cs->vcpu_tid[0]);
 	bool any = false;
+
+	/* cpr-exec: only where, for now (cpr_place_vcpus_late). */
+	for (int i = 0; !n && i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		uint32_t r = (uint32_t)i < cs->run_tid_len / sizeof(cs->run_tid[0]) ? cs->run_tid[i]
+										      : 0;
+
+		v->place_cpu = r ? task_last_cpu((int)r) : -1;
+		if (v->place_cpu >= 0 && v->place_cpu < CPU_SETSIZE)
+			vm->hold_early_regs = true;
+		else
+			v->place_cpu = -1;
+	}
 
 	for (int i = 0; i < vm->nr_vcpus && (uint32_t)i < n; i++) {
 		struct vcpu *v = &vm->vcpus[i];
@@ -1099,6 +1122,50 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 		__atomic_store_n(&vm->spin_polite, true, __ATOMIC_RELEASE);
 		vm_resume_soon(vm);
 	}
+}
+
+/* cpr-exec, from the stop on (its first early message): each vCPU thread
+ * goes to the CPU its runner used and waits there on the CPU, politely
+ * (SCHED_BATCH, yielding at every turn), while the runner reads the state
+ * and sends it; its registers' job is held until the stream is in (release),
+ * so that it never runs in the middle of the capture. Woken there only once
+ * the stream was in, the thread waited 20-50 us for that CPU to leave idle
+ * (traced). After its job the thread takes its policy back itself; its CPU
+ * set comes back once the guest runs (cpr_unplace_vcpus). */
+static void cpr_place_vcpus_late(struct vm *vm, bool release)
+{
+	bool any = false;
+
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		int cpu = v->place_cpu;
+		cpu_set_t one;
+
+		v->place_cpu = -1;
+		if (cpu >= 0 && v->tid > 0 &&
+		    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) == 0 &&
+		    CPU_ISSET(cpu, &v->cpus_before)) {
+			CPU_ZERO(&one);
+			CPU_SET(cpu, &one);
+			if (sched_setaffinity(v->tid, sizeof(one), &one) == 0) {
+				struct sched_param sp = { 0 };
+
+				v->placed = any = true;
+				if (sched_getscheduler(v->tid) == SCHED_OTHER &&
+				    sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0)
+					__atomic_store_n(&v->unbatch_after_job, true,
+							 __ATOMIC_RELEASE);
+			}
+		}
+		if (release)
+			vcpu_state_early_release(v);
+	}
+	if (any) {
+		__atomic_store_n(&vm->spin_polite, true, __ATOMIC_RELEASE);
+		vm_resume_soon(vm);
+	}
+	if (release)
+		vm->hold_early_regs = false;
 }
 
 /* The new side's main thread, from 'P' until the guest runs here: off the
@@ -1151,7 +1218,9 @@ static void cpr_unplace_vcpus(struct vm *vm)
 		if (!v->placed)
 			continue;
 		sched_setaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before);
-		if (v->placed_batch) /* a policy set by the user stays */
+		/* (Placed late with no job run since: back from here.) */
+		if (v->placed_batch || /* a policy set by the user stays */
+		    __atomic_exchange_n(&v->unbatch_after_job, false, __ATOMIC_ACQ_REL))
 			sched_setscheduler(v->tid, SCHED_OTHER, &sp);
 		v->placed = v->placed_batch = false;
 	}
@@ -1451,6 +1520,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	 * millisecond (the old side stops the guest on 'P'): wait for it on
 	 * the CPU, then get the vCPU threads onto one while it is applied. */
 	xfer_wait_state(sock, early_fd, vm, early_buf, early_tmp, 20000);
+	cpr_place_vcpus_late(vm, true);
 	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
 	if (ret == 0)
 		vm_resume_soon(vm);

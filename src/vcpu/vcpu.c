@@ -76,6 +76,7 @@ int vcpu_init(struct vcpu *v, struct vm *vm, int id)
 	v->vm = vm;
 	v->id = id;
 	v->run_cpu = -1;
+	v->place_cpu = -1;
 	v->keeper_fd = -1;
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, id);
 	if (v->fd < 0)
@@ -218,6 +219,15 @@ static void vcpu_do_job(struct vcpu *v)
 	trace_mark("job");
 	v->job_ret = fn(v, v->job_arg);
 	trace_mark("job-done");
+	if (__atomic_exchange_n(&v->unbatch_after_job, false, __ATOMIC_ACQ_REL)) {
+		/* Placed late, SCHED_BATCH so as not to preempt the old side's
+		 * runner (cpr.c, "Placement"): its policy back while it waits,
+		 * not later from another thread (an IPI, and a detour through
+		 * the scheduler on its way into the guest). */
+		struct sched_param sp = { 0 };
+
+		sched_setscheduler(0, SCHED_OTHER, &sp);
+	}
 	pthread_mutex_lock(&v->vm->lock);
 	__atomic_store_n(&v->job_fn, NULL, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&v->vm->cond);

@@ -602,7 +602,10 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		/* What the job sets is no longer the fresh vCPU's. */
 		v->base.valid = false;
 		v->early_regs_ok = false;
-		vcpu_job_post(v, early_regs_job, NULL);
+		if (v->vm->hold_early_regs)
+			v->early_regs_held = true;
+		else
+			vcpu_job_post(v, early_regs_job, NULL);
 		break;
 	default:
 		break;
@@ -622,6 +625,14 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		v->early_msgs_len = SIZE_MAX; /* never the same */
 	}
 	return 0;
+}
+
+void vcpu_state_early_release(struct vcpu *v)
+{
+	if (v->early_regs_held) {
+		v->early_regs_held = false;
+		vcpu_job_post(v, early_regs_job, NULL);
+	}
 }
 
 /* Every part was set early, the registers' job included. */

@@ -91,6 +91,9 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
  * v->early_msgs when there is room (vcpu_state_early_same). */
 int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
 			   const void *msg, size_t msg_len);
+/* Posts v's registers' job if it was held back (vm->hold_early_regs was
+ * set when the part came). */
+void vcpu_state_early_release(struct vcpu *v);
 /* Whether the early state set all of s (the stream's), exactly: then the
  * restore has nothing left to do for v. Call once v's jobs are done. */
 bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s);

@@ -50,6 +50,8 @@ struct vcpu {
 	int keeper_fd; /* runner: a pidfd of the cpr keeper, -1 if none */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
 	bool placed, placed_batch;
+	int place_cpu; /* cpr-exec, new side: where to place it late (-1) */
+	bool unbatch_after_job; /* ... and back to SCHED_OTHER after its job */
 	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
 	cpu_set_t cpus_before;
 	/* A fresh vCPU's state where a restore usually leaves it alone
@@ -70,6 +72,9 @@ struct vcpu {
 	int early_parts;
 	bool early_broken;
 	bool early_regs_ok;
+	/* The registers' job is held until vcpu_state_early_release (the
+	 * VM's hold_early_regs was set when that part came). */
+	bool early_regs_held;
 	/* ... and the messages those parts came in, back to back
 	 * (VCPU_EARLY_ALL_MAX bytes; NULL: not kept): what the stream's
 	 * "vcpu-early/N" is compared with. */
@@ -133,6 +138,9 @@ struct vm {
 	/* Waiting vCPU threads yield at every turn, waker_cpu or not: they
 	 * were placed on a CPU where the old side still works (cpr.c). */
 	bool spin_polite;
+	/* Live update, new side: the early registers' jobs wait for
+	 * vcpu_state_early_release (cpr.c, "Placement"). */
+	bool hold_early_regs;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */

@@ -89,6 +89,9 @@ def test_cpr_exec_keeps_guest(vms, cpus):
     assert not vm.serial.eof
     assert_hb_continuous(heartbeats(vm.serial))
     assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)"), vm.serial.lines[-10:]
+    # Every vCPU has left the guest since (its OK line): the CPU each was
+    # pinned to for the blackout, and SCHED_BATCH, are given back.
+    assert_threads_unplaced(pid)
     assert vm.quit() == 0
 
 
