@@ -683,7 +683,6 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
 			trace_mark(part == VCPU_EARLY_REGS ? "early-regs-posted" : "early-set");
 		if (vm->hold_early_regs)
 			cpr_place_vcpus_late(vm, false); /* the first time only */
-
 	}
 }
 
@@ -1137,6 +1136,25 @@ out:
  * itself at its first exit measured worse (cpr-transfer, A/B, 48 updates
  * each: 0.449 against 0.427 ms): that exit can come before the guest's
  * first probe, and meanwhile the thread runs the guest pinned. */
+/* Pins v's thread to cpu (its CPU set before kept in v->cpus_before by the
+ * caller) and makes it SCHED_BATCH if it was SCHED_OTHER (*batched says
+ * so): woken there at normal priority it would preempt the guest, or the
+ * capture, at once; SCHED_BATCH does not. */
+static bool cpr_pin_vcpu(struct vcpu *v, int cpu, bool *batched)
+{
+	struct sched_param sp = { 0 };
+	cpu_set_t one;
+
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	if (sched_setaffinity(v->tid, sizeof(one), &one) < 0)
+		return false;
+	*batched = sched_getscheduler(v->tid) == SCHED_OTHER &&
+		   sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0;
+	v->placed = true;
+	return true;
+}
+
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 {
 	uint32_t n = cs->vcpu_tid_len / sizeof(cs->vcpu_tid[0]);
@@ -1158,23 +1176,13 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 	for (int i = 0; i < vm->nr_vcpus && (uint32_t)i < n; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		int cpu = cs->vcpu_tid[i] ? task_last_cpu((int)cs->vcpu_tid[i]) : -1;
-		cpu_set_t one;
 
 		if (cpu < 0 || cpu >= CPU_SETSIZE || v->tid <= 0 ||
 		    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) < 0 ||
 		    !CPU_ISSET(cpu, &v->cpus_before))
 			continue;
-		CPU_ZERO(&one);
-		CPU_SET(cpu, &one);
-		if (sched_setaffinity(v->tid, sizeof(one), &one) == 0) {
-			/* Woken there at normal priority it would preempt the
-			 * guest (or the capture) at once: SCHED_BATCH does not. */
-			struct sched_param sp = { 0 };
-
-			v->placed_batch = sched_getscheduler(v->tid) == SCHED_OTHER &&
-					  sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0;
-			v->placed = any = true;
-		}
+		if (cpr_pin_vcpu(v, cpu, &v->placed_batch))
+			any = true;
 	}
 	if (any) {
 		__atomic_store_n(&vm->spin_polite, true, __ATOMIC_RELEASE);
@@ -1197,23 +1205,14 @@ static void cpr_place_vcpus_late(struct vm *vm, bool release)
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		int cpu = v->place_cpu;
-		cpu_set_t one;
+		bool batched;
 
 		v->place_cpu = -1;
 		if (cpu >= 0 && v->tid > 0 &&
 		    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) == 0 &&
-		    CPU_ISSET(cpu, &v->cpus_before)) {
-			CPU_ZERO(&one);
-			CPU_SET(cpu, &one);
-			if (sched_setaffinity(v->tid, sizeof(one), &one) == 0) {
-				struct sched_param sp = { 0 };
-
-				v->placed = any = true;
-				if (sched_getscheduler(v->tid) == SCHED_OTHER &&
-				    sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0)
-					__atomic_store_n(&v->unbatch_after_job, true,
-							 __ATOMIC_RELEASE);
-			}
+		    CPU_ISSET(cpu, &v->cpus_before) && cpr_pin_vcpu(v, cpu, &batched)) {
+			any = true;
+			__atomic_store_n(&v->unbatch_after_job, batched, __ATOMIC_RELEASE);
 		}
 		if (release)
 			vcpu_state_early_release(v);
