@@ -1136,15 +1136,19 @@ out:
  * itself at its first exit measured worse (cpr-transfer, A/B, 48 updates
  * each: 0.449 against 0.427 ms): that exit can come before the guest's
  * first probe, and meanwhile the thread runs the guest pinned. */
-/* Pins v's thread to cpu (its CPU set before kept in v->cpus_before by the
- * caller) and makes it SCHED_BATCH if it was SCHED_OTHER (*batched says
- * so): woken there at normal priority it would preempt the guest, or the
- * capture, at once; SCHED_BATCH does not. */
+/* Pins v's thread to cpu, if its CPU set holds cpu (that set kept in
+ * v->cpus_before), and makes it SCHED_BATCH if it was SCHED_OTHER (*batched
+ * says so): woken there at normal priority it would preempt the guest, or
+ * the capture, at once; SCHED_BATCH does not. */
 static bool cpr_pin_vcpu(struct vcpu *v, int cpu, bool *batched)
 {
 	struct sched_param sp = { 0 };
 	cpu_set_t one;
 
+	if (cpu < 0 || cpu >= CPU_SETSIZE || v->tid <= 0 ||
+	    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) < 0 ||
+	    !CPU_ISSET(cpu, &v->cpus_before))
+		return false;
 	CPU_ZERO(&one);
 	CPU_SET(cpu, &one);
 	if (sched_setaffinity(v->tid, sizeof(one), &one) < 0)
@@ -1177,10 +1181,6 @@ static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 		struct vcpu *v = &vm->vcpus[i];
 		int cpu = cs->vcpu_tid[i] ? task_last_cpu((int)cs->vcpu_tid[i]) : -1;
 
-		if (cpu < 0 || cpu >= CPU_SETSIZE || v->tid <= 0 ||
-		    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) < 0 ||
-		    !CPU_ISSET(cpu, &v->cpus_before))
-			continue;
 		if (cpr_pin_vcpu(v, cpu, &v->placed_batch))
 			any = true;
 	}
@@ -1208,9 +1208,7 @@ static void cpr_place_vcpus_late(struct vm *vm, bool release)
 		bool batched;
 
 		v->place_cpu = -1;
-		if (cpu >= 0 && v->tid > 0 &&
-		    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) == 0 &&
-		    CPU_ISSET(cpu, &v->cpus_before) && cpr_pin_vcpu(v, cpu, &batched)) {
+		if (cpr_pin_vcpu(v, cpu, &batched)) {
 			any = true;
 			__atomic_store_n(&v->unbatch_after_job, batched, __ATOMIC_RELEASE);
 		}
