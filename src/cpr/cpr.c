@@ -829,8 +829,14 @@ static int xfer_send_msg(int sock, const struct sbuf *b, const int *fds, int nfd
 		struct cmsghdr align;
 	} ctl;
 	struct xfer_hdr h = { .magic = XFER_MAGIC, .nr_fds = nfds, .len = b->len };
-	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	/* Header and body in one call: the reader, which polls for the
+	 * header, then finds the body there too rather than sleeping in
+	 * recv() until a second send() (a wakeup on another CPU). */
+	struct iovec iov[2] = { { .iov_base = &h, .iov_len = sizeof(h) },
+				{ .iov_base = b->data, .iov_len = b->len } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+	size_t left = sizeof(h) + b->len;
+	ssize_t n;
 
 	if (nfds) {
 		struct cmsghdr *cm;
@@ -842,9 +848,16 @@ static int xfer_send_msg(int sock, const struct sbuf *b, const int *fds, int nfd
 		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
 		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
 	}
-	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof(h) ||
-	    send(sock, b->data, b->len, MSG_NOSIGNAL) != (ssize_t)b->len)
+	n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	if (n < (ssize_t)sizeof(h))
 		return -EPIPE;
+	/* A stream socket may take less (the fds went with the first byte). */
+	for (left -= (size_t)n; left;) {
+		n = send(sock, b->data + (b->len - left), left, MSG_NOSIGNAL);
+		if (n <= 0)
+			return -EPIPE;
+		left -= (size_t)n;
+	}
 	return 0;
 }
 

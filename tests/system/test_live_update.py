@@ -212,6 +212,87 @@ def test_echo_client_20_updates(vms, tmp_path, mode):
         next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
 
 
+def test_echo_client_through_failed_transfers(vms, tmp_path):
+    """From the stop on, the old side holds the guest's console output (the
+    vCPU that stops at a UART write keeps the byte for the new side). When
+    the update then fails, the old side must write that output itself as it
+    resumes the guest: an echo client streaming through failed transfers
+    (the new process refuses after taking the sockets on, or dies with the
+    state) and then a good one gets every byte back, once."""
+    vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False,
+             env={"CPRVM_TEST_XFER_TIMEOUT_MS": "2000"})
+    s = connect_unix(vm.serial_path)
+    wait_echo_ready(s)
+    s.settimeout(30)
+    rnd = random.Random(11)
+    sent, got = bytearray(), bytearray()
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        try:
+            while not stop.is_set():
+                chunk = bytes(rnd.getrandbits(8) for _ in range(64))
+                s.sendall(chunk)
+                sent.extend(chunk)
+                time.sleep(0.01)
+        except OSError as e:
+            errors.append(e)
+
+    def reader():
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return
+                got.extend(d)
+        except socket.timeout:
+            return
+        except OSError as e:
+            errors.append(e)
+
+    def outcome():
+        q = qmp_when_ready(vm, timeout=30)
+        r = q.ok("query-migrate")
+        q.close()
+        return r if r.get("status") in ("completed", "failed") else None
+
+    tw, tr = threading.Thread(target=writer), threading.Thread(target=reader)
+    tw.start()
+    tr.start()
+    try:
+        n = 0
+        for fault in ["refuse-late", "hang-with-state", "refuse-late", "hang-with-state"]:
+            new, inc = start_incoming(vm, tmp_path, n, env={"CPRVM_TEST_XFER_FAULT": fault})
+            n += 1
+            wait_for(lambda: len(sent) >= 256 * n, 30, "bytes on the way")
+            cpr_transfer(vm, inc)
+            m = wait_for(outcome, 30, "the transfer's outcome")
+            assert m["status"] == "failed", m
+            if new.poll() is None:
+                new.kill()
+            new.wait()
+        new, inc = start_incoming(vm, tmp_path, n)
+        cpr_transfer(vm, inc)
+        assert vm.proc.wait(20) == 0
+        vm.proc = new
+        assert wait_for(outcome, 30, "the good transfer")["status"] == "completed"
+        wait_for(lambda: len(sent) >= 256 * (n + 2), 30, "bytes after the update")
+    finally:
+        stop.set()
+        tw.join()
+    try:
+        wait_for(lambda: len(got) >= len(sent), 60, "all bytes echoed back")
+    finally:
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(2)
+        tr.join()
+        s.close()
+    assert not errors, errors
+    assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
+        next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
+
+
 @pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
 def test_pty_client(vms, tmp_path, mode):
     vm = vms(cmdline="heartbeat=5000", memory="256M", serial="pty")
