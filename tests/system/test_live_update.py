@@ -147,109 +147,96 @@ class Updater:
                 p.wait()
 
 
+class EchoStream:
+    """A client of the `echo` guest on its unix serial socket: random bytes
+    out (64 at a time, ~6 KB/s, below what the guest echoes), everything
+    that comes back recorded."""
+
+    def __init__(self, vm, seed):
+        self.s = connect_unix(vm.serial_path)
+        wait_echo_ready(self.s)
+        self.s.settimeout(30)
+        self.rnd = random.Random(seed)
+        self.sent, self.got, self.errors = bytearray(), bytearray(), []
+        self.stop = threading.Event()
+        self.tw = threading.Thread(target=self._writer)
+        self.tr = threading.Thread(target=self._reader)
+        self.tw.start()
+        self.tr.start()
+
+    def _writer(self):
+        try:
+            while not self.stop.is_set():
+                chunk = bytes(self.rnd.getrandbits(8) for _ in range(64))
+                self.s.sendall(chunk)
+                self.sent.extend(chunk)
+                time.sleep(0.01)
+        except OSError as e:
+            self.errors.append(e)
+
+    def _reader(self):
+        try:
+            while True:
+                d = self.s.recv(65536)
+                if not d:
+                    return  # the end the test asked for, or a broken console
+                self.got.extend(d)
+        except socket.timeout:
+            return
+        except OSError as e:
+            self.errors.append(e)
+
+    def wait_sent(self, n):
+        wait_for(lambda: len(self.sent) >= n, 30, "%d bytes sent" % n)
+
+    def finish(self):
+        """Stops sending; asserts every byte came back, in order, once."""
+        self.stop.set()
+        self.tw.join()
+        sent, got = self.sent, self.got
+        try:
+            wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
+        except AssertionError:
+            i = next((k for k in range(min(len(got), len(sent))) if got[k] != sent[k]), -1)
+            raise AssertionError("echoed %d of %d bytes; first difference at %d: sent %s got %s" % (
+                len(got), len(sent), i, bytes(sent[max(0, i - 4):i + 8]).hex(),
+                bytes(got[max(0, i - 4):i + 8]).hex()))
+        finally:
+            self.s.shutdown(socket.SHUT_WR)  # the reader then sees the end and stops
+            self.s.settimeout(2)
+            self.tr.join()
+            self.s.close()
+        assert not self.errors, self.errors
+        assert len(sent) > 1000
+        assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
+            next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
+
+
 @pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
 def test_echo_client_20_updates(vms, tmp_path, mode):
     vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False)
     up = Updater(vm, tmp_path, mode)
-    s = connect_unix(vm.serial_path)
-    wait_echo_ready(s)
-    s.settimeout(30)
-    rnd = random.Random(7)
-    sent, got = bytearray(), bytearray()
-    stop = threading.Event()
-    errors = []
-
-    def writer():
-        try:
-            while not stop.is_set():
-                chunk = bytes(rnd.getrandbits(8) for _ in range(64))
-                s.sendall(chunk)
-                sent.extend(chunk)
-                time.sleep(0.01)  # ~6 KB/s: below what the guest echoes
-        except OSError as e:
-            errors.append(e)
-
-    def reader():
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    errors.append("EOF on the console")
-                    return
-                got.extend(d)
-        except socket.timeout:
-            return
-        except OSError as e:
-            errors.append(e)
-
-    tw, tr = threading.Thread(target=writer), threading.Thread(target=reader)
-    tw.start()
-    tr.start()
+    echo = EchoStream(vm, 7)
     try:
         for _ in range(20):
             up.update()
         # Updates can be quicker than the stream: keep it going a little.
-        wait_for(lambda: len(sent) >= 4096, 30, "4 KiB sent")
+        echo.wait_sent(4096)
     finally:
-        stop.set()
-        tw.join()
-    try:
-        wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
-    except AssertionError:
-        i = next((k for k in range(min(len(got), len(sent))) if got[k] != sent[k]), -1)
-        raise AssertionError("echoed %d of %d bytes; first difference at %d: sent %s got %s" % (
-            len(got), len(sent), i, bytes(sent[max(0, i - 4):i + 8]).hex(),
-            bytes(got[max(0, i - 4):i + 8]).hex()))
-    s.shutdown(socket.SHUT_WR)  # the reader then sees the end and stops
-    s.settimeout(2)
-    tr.join()
-    s.close()
-    errors = [e for e in errors if e != "EOF on the console"]
+        echo.stop.set()
+    echo.finish()
     up.cleanup()
-    assert not errors, errors
-    assert len(sent) > 1000
-    assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
-        next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
 
 
 def test_echo_client_through_failed_transfers(vms, tmp_path):
-    """From the stop on, the old side holds the guest's console output (the
-    vCPU that stops at a UART write keeps the byte for the new side). When
-    the update then fails, the old side must write that output itself as it
-    resumes the guest: an echo client streaming through failed transfers
-    (the new process refuses after taking the sockets on, or dies with the
-    state) and then a good one gets every byte back, once."""
+    """An echo client streaming through failed cpr-transfers (the new process
+    refuses after it has taken the sockets on; it hangs with the state and is
+    killed) and then a good one gets every byte back, once: what the guest
+    wrote while stopped is written by whichever process runs it next, and
+    only by that one."""
     vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False,
              env={"CPRVM_TEST_XFER_TIMEOUT_MS": "2000"})
-    s = connect_unix(vm.serial_path)
-    wait_echo_ready(s)
-    s.settimeout(30)
-    rnd = random.Random(11)
-    sent, got = bytearray(), bytearray()
-    stop = threading.Event()
-    errors = []
-
-    def writer():
-        try:
-            while not stop.is_set():
-                chunk = bytes(rnd.getrandbits(8) for _ in range(64))
-                s.sendall(chunk)
-                sent.extend(chunk)
-                time.sleep(0.01)
-        except OSError as e:
-            errors.append(e)
-
-    def reader():
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    return
-                got.extend(d)
-        except socket.timeout:
-            return
-        except OSError as e:
-            errors.append(e)
+    echo = EchoStream(vm, 11)
 
     def outcome():
         q = qmp_when_ready(vm, timeout=30)
@@ -257,15 +244,12 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
         q.close()
         return r if r.get("status") in ("completed", "failed") else None
 
-    tw, tr = threading.Thread(target=writer), threading.Thread(target=reader)
-    tw.start()
-    tr.start()
     try:
         n = 0
         for fault in ["refuse-late", "hang-with-state", "refuse-late", "hang-with-state"]:
             new, inc = start_incoming(vm, tmp_path, n, env={"CPRVM_TEST_XFER_FAULT": fault})
             n += 1
-            wait_for(lambda: len(sent) >= 256 * n, 30, "bytes on the way")
+            echo.wait_sent(256 * n)
             cpr_transfer(vm, inc)
             m = wait_for(outcome, 30, "the transfer's outcome")
             assert m["status"] == "failed", m
@@ -277,20 +261,10 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
         assert vm.proc.wait(20) == 0
         vm.proc = new
         assert wait_for(outcome, 30, "the good transfer")["status"] == "completed"
-        wait_for(lambda: len(sent) >= 256 * (n + 2), 30, "bytes after the update")
+        echo.wait_sent(256 * (n + 2))
     finally:
-        stop.set()
-        tw.join()
-    try:
-        wait_for(lambda: len(got) >= len(sent), 60, "all bytes echoed back")
-    finally:
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(2)
-        tr.join()
-        s.close()
-    assert not errors, errors
-    assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
-        next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
+        echo.stop.set()
+    echo.finish()
 
 
 @pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
