@@ -186,6 +186,11 @@ class EchoStream:
         except OSError as e:
             self.errors.append(e)
 
+    def first_difference(self):
+        """Where got and sent first differ (-1: one is a prefix of the other)."""
+        sent, got = self.sent, self.got
+        return next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1)
+
     def wait_sent(self, n):
         wait_for(lambda: len(self.sent) >= n, 30, "%d bytes sent" % n)
 
@@ -197,7 +202,7 @@ class EchoStream:
         try:
             wait_for(lambda: len(got) >= len(sent), 120, "all bytes echoed back")
         except AssertionError:
-            i = next((k for k in range(min(len(got), len(sent))) if got[k] != sent[k]), -1)
+            i = self.first_difference()
             raise AssertionError("echoed %d of %d bytes; first difference at %d: sent %s got %s" % (
                 len(got), len(sent), i, bytes(sent[max(0, i - 4):i + 8]).hex(),
                 bytes(got[max(0, i - 4):i + 8]).hex()))
@@ -209,7 +214,7 @@ class EchoStream:
         assert not self.errors, self.errors
         assert len(sent) > 1000
         assert bytes(got) == bytes(sent), "echo differs after %d of %d bytes" % (
-            next((i for i in range(min(len(got), len(sent))) if got[i] != sent[i]), -1), len(sent))
+            self.first_difference(), len(sent))
 
 
 @pytest.mark.parametrize("mode", ["cpr-exec", "cpr-transfer"])
@@ -237,13 +242,6 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
     vm = vms(cmdline="echo serial=cpl0", memory="256M", connect=False,
              env={"CPRVM_TEST_XFER_TIMEOUT_MS": "2000"})
     echo = EchoStream(vm, 11)
-
-    def outcome():
-        q = qmp_when_ready(vm, timeout=30)
-        r = q.ok("query-migrate")
-        q.close()
-        return r if r.get("status") in ("completed", "failed") else None
-
     try:
         n = 0
         for fault in ["refuse-late", "hang-with-state", "refuse-late", "hang-with-state"]:
@@ -251,7 +249,7 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
             n += 1
             echo.wait_sent(256 * n)
             cpr_transfer(vm, inc)
-            m = wait_for(outcome, 30, "the transfer's outcome")
+            m, _ = transfer_outcome(vm)
             assert m["status"] == "failed", m
             if new.poll() is None:
                 new.kill()
@@ -260,7 +258,8 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
         cpr_transfer(vm, inc)
         assert vm.proc.wait(20) == 0
         vm.proc = new
-        assert wait_for(outcome, 30, "the good transfer")["status"] == "completed"
+        m, _ = transfer_outcome(vm, "the good transfer")
+        assert m["status"] == "completed", m
         echo.wait_sent(256 * (n + 2))
     finally:
         echo.stop.set()
@@ -375,6 +374,18 @@ def cpr_transfer(vm, inc, **extra):
     q.close()
 
 
+def transfer_outcome(vm, what="the transfer's outcome"):
+    """Once the update has ended (completed or failed): query-migrate and
+    query-status of whichever process serves QMP then."""
+    def outcome():
+        q = qmp_when_ready(vm, timeout=30)
+        r = q.ok("query-migrate")
+        st = q.ok("query-status")
+        q.close()
+        return (r, st) if r.get("status") in ("completed", "failed") else None
+    return wait_for(outcome, 30, what)
+
+
 @pytest.mark.parametrize("cpus,fault", [(1, None), (2, None), (2, "no-base"),
                                         (1, "early-wrong-regs"), (2, "early-skip-lapic"),
                                         (1, "old-classic"), (2, "new-classic")])
@@ -470,13 +481,7 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
             new.kill()
             new.wait()
         cpr_transfer(vm, inc)
-        def outcome():
-            q = qmp_when_ready(vm, timeout=30)
-            r = q.ok("query-migrate")
-            st = q.ok("query-status")
-            q.close()
-            return (r, st) if r.get("status") in ("completed", "failed") else None
-        m, st = wait_for(outcome, 30, "the transfer's outcome")
+        m, st = transfer_outcome(vm)
         assert m["status"] == "failed", m
         assert st["status"] == "running"
         assert vm.proc.poll() is None
