@@ -72,12 +72,14 @@ void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us)
 	vm->migration.blackout_end_us = end_us;
 }
 
-void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages)
+void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages,
+		       uint32_t msrs_ahead)
 {
 	vm->migration.have_vcpu_state = true;
 	vm->migration.vcpus = vcpus;
 	vm->migration.vcpus_set_early = set_early;
 	vm->migration.vcpus_as_messages = as_messages;
+	vm->migration.vcpus_msrs_ahead = msrs_ahead;
 }
 
 void migrate_failed(struct vm *vm, const char *why)

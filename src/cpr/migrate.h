@@ -31,9 +31,10 @@ struct migration {
 	int64_t blackout_start_us, blackout_end_us;
 	/* Live update, new side: how the vCPUs' state came (x-vcpu-state):
 	 * vCPUs the early state set whole (the stream only confirmed it),
-	 * vCPUs whose stream section held the early messages' bytes. */
+	 * vCPUs whose stream section held the early messages' bytes, vCPUs
+	 * whose MSRs were set before the stop (the stream only confirmed them). */
 	bool have_vcpu_state;
-	uint32_t vcpus, vcpus_set_early, vcpus_as_messages;
+	uint32_t vcpus, vcpus_set_early, vcpus_as_messages, vcpus_msrs_ahead;
 	char error[256];
 };
 
@@ -47,7 +48,8 @@ int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
 void vm_cpr_completed(struct vm *vm, int64_t downtime_us, const char *rollback_reason);
 void vm_cpr_phases(struct vm *vm, const int64_t phases_us[6]);
 void vm_cpr_blackout(struct vm *vm, int64_t start_us, int64_t end_us);
-void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages);
+void vm_cpr_vcpu_state(struct vm *vm, uint32_t vcpus, uint32_t set_early, uint32_t as_messages,
+		       uint32_t msrs_ahead);
 /* A cpr-exec that failed before exec(): the guest runs on, report it. */
 void migrate_failed(struct vm *vm, const char *why);
 const char *migrate_mode_name(enum migrate_mode m);

@@ -357,10 +357,11 @@ static json_t *qmp_cmd_query_migrate(struct qmp_req *req, json_t *args, void *op
 		}
 		if (mig->have_vcpu_state)
 			json_object_set_new(r, "x-vcpu-state",
-					    json_pack("{s:i,s:i,s:i}", "vcpus", (int)mig->vcpus,
+					    json_pack("{s:i,s:i,s:i,s:i}", "vcpus", (int)mig->vcpus,
 						      "set-early", (int)mig->vcpus_set_early,
 						      "as-early-messages",
-						      (int)mig->vcpus_as_messages));
+						      (int)mig->vcpus_as_messages, "msrs-set-ahead",
+						      (int)mig->vcpus_msrs_ahead));
 	} else if (!strcmp(mig->status, "failed")) {
 		json_object_set_new(r, "error-desc", json_string(mig->error));
 	}

@@ -259,6 +259,46 @@ void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *a
 	pthread_mutex_unlock(&v->vm->lock);
 }
 
+void vcpu_post_at_exit(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
+{
+	pthread_mutex_lock(&v->vm->lock);
+	v->exit_arg = arg;
+	__atomic_store_n(&v->exit_fn, fn, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&v->vm->lock);
+}
+
+void vcpu_cancel_at_exit(struct vcpu *v)
+{
+	pthread_mutex_lock(&v->vm->lock);
+	__atomic_store_n(&v->exit_fn, NULL, __ATOMIC_RELEASE);
+	while (v->exit_busy)
+		pthread_cond_wait(&v->vm->cond, &v->vm->lock);
+	pthread_mutex_unlock(&v->vm->lock);
+}
+
+/* After an exit, on the vCPU's thread: the work vcpu_post_at_exit left,
+ * unless a pause is asked for (the guest is stopping: not now). */
+static void vcpu_do_at_exit(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	int (*fn)(struct vcpu *, void *);
+
+	pthread_mutex_lock(&vm->lock);
+	fn = v->exit_fn;
+	if (!fn || vm->pause_req || vm->stop_req) {
+		pthread_mutex_unlock(&vm->lock);
+		return;
+	}
+	__atomic_store_n(&v->exit_fn, NULL, __ATOMIC_RELEASE);
+	v->exit_busy = true;
+	pthread_mutex_unlock(&vm->lock);
+	fn(v, v->exit_arg);
+	pthread_mutex_lock(&vm->lock);
+	v->exit_busy = false;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+}
+
 static int jobs_wait(struct vm *vm, unsigned spin_us)
 {
 	int ret = 0;
@@ -481,6 +521,8 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 			vcpu_park(v, true, runner);
 			break;
 		}
+		if (__builtin_expect(__atomic_load_n(&v->exit_fn, __ATOMIC_ACQUIRE) != NULL, 0))
+			vcpu_do_at_exit(v);
 	}
 	if (runner && vm->handed_over)
 		sched_idle_self();
@@ -833,6 +875,8 @@ void vcpu_destroy(struct vcpu *v)
 	free(v->early);
 	v->early = NULL;
 	free(v->early_msgs);
+	free(v->ahead);
+	v->ahead = NULL;
 	v->early_msgs = NULL;
 	if (v->fd >= 0)
 		close(v->fd);

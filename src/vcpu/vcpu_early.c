@@ -3,7 +3,9 @@
  * read it, and the new side sets it while the old side still reads the next.
  * Parts, in the order they are read and set: XSAVE, the LAPIC, the MSRs
  * (with the TSC offset), the registers (MP state, registers, special
- * registers, events, XCRs, debug registers).
+ * registers, events, XCRs, debug registers). Before the stop, one more may
+ * come, laid out as the MSRs part: the MSRs as they stood at an exit
+ * (VCPU_EARLY_MSRS_AHEAD); a binary that does not know it drops it.
  * Layout: a fixed header, then the part's bytes. The decoder trusts
  * nothing: every length is bounded, fields a part does not use must be
  * zero, and the message must be exactly as long as its header says.
@@ -76,6 +78,7 @@ size_t vcpu_early_encode(const struct vcpu_state *s, uint32_t vcpu_id, enum vcpu
 		body = &s->lapic;
 		break;
 	case VCPU_EARLY_MSRS:
+	case VCPU_EARLY_MSRS_AHEAD:
 		if (s->nr_msrs > VCPU_MAX_MSRS || s->have_tsc_offset > 1)
 			return 0;
 		h.count = s->nr_msrs;
@@ -119,7 +122,8 @@ int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_
 	memcpy(&h, p, sizeof(h));
 	if (h.magic != EARLY_MAGIC || h.version != EARLY_VERSION || len != sizeof(h) + h.len)
 		return -EINVAL;
-	if (h.part != VCPU_EARLY_MSRS && (h.have_tsc_offset || h.tsc_offset))
+	if (h.part != VCPU_EARLY_MSRS && h.part != VCPU_EARLY_MSRS_AHEAD &&
+	    (h.have_tsc_offset || h.tsc_offset))
 		return -EINVAL;
 	p += sizeof(h);
 	switch (h.part) {
@@ -135,6 +139,7 @@ int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_
 		memcpy(&s->lapic, p, sizeof(s->lapic));
 		break;
 	case VCPU_EARLY_MSRS:
+	case VCPU_EARLY_MSRS_AHEAD:
 		if (h.count > VCPU_MAX_MSRS || h.len != h.count * sizeof(s->msrs[0]) ||
 		    h.have_tsc_offset > 1 || (!h.have_tsc_offset && h.tsc_offset))
 			return -EINVAL;

@@ -69,6 +69,10 @@ enum vcpu_early_part {
 	VCPU_EARLY_LAPIC = 2,
 	VCPU_EARLY_MSRS = 3, /* and the TSC offset */
 	VCPU_EARLY_REGS = 4, /* MP state, registers, special registers, events, XCRs, DRs */
+	/* Not one of the parts above: the MSRs and TSC offset as they stood
+	 * at an exit before the stop (vcpu_state_read_ahead), for the new
+	 * side to set before it (vcpu_state_apply_ahead). */
+	VCPU_EARLY_MSRS_AHEAD = 5,
 };
 #define VCPU_EARLY_PARTS 4
 /* As vcpu_state_capture_parked, but each part is handed to early(ctx, v,
@@ -91,9 +95,16 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
  * v->early_msgs when there is room (vcpu_state_early_same). */
 int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
 			   const void *msg, size_t msg_len);
-/* Posts v's registers' job if it was held back (vm->hold_early_regs was
- * set when the part came). */
-void vcpu_state_early_release(struct vcpu *v);
+/* Old side, on v's thread at an exit before the stop (the guest running):
+ * the MSRs and the TSC offset into s (nr_msrs, msrs, tsc_offset). */
+int vcpu_state_read_ahead(struct vcpu *v, struct vcpu_state *s);
+/* New side, before the stop, from the main thread: sets what
+ * vcpu_state_read_ahead read (s), but the late MSRs (the TSC, its deadline,
+ * the kvmclock wall clock), and keeps a copy in v->ahead. When the stream's
+ * MSRs part then says the same, vcpu_state_apply_early sets only the late
+ * MSRs that are not zero: usually no ioctl in place of two. A failure only
+ * means the blackout sets them all, as without it. */
+int vcpu_state_apply_ahead(struct vcpu *v, const struct vcpu_state *s);
 /* Whether the early state set all of s (the stream's), exactly: then the
  * restore has nothing left to do for v. Call once v's jobs are done. */
 bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s);

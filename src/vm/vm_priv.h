@@ -46,6 +46,12 @@ struct vcpu {
 	void *job_arg;
 	int job_ret;
 	bool job_claimed; /* whoever runs it (its thread, or the poster) */
+	/* Work for the thread at the guest's next exit to cprvm while it runs
+	 * (vcpu_post_at_exit), not at a pause; busy while it runs. Guarded by
+	 * vm->lock; exit_fn also read without it. */
+	int (*exit_fn)(struct vcpu *v, void *arg);
+	void *exit_arg;
+	bool exit_busy;
 	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
 	int keeper_fd; /* runner: a pidfd of the cpr keeper, -1 if none */
 	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
@@ -72,14 +78,17 @@ struct vcpu {
 	int early_parts;
 	bool early_broken;
 	bool early_regs_ok;
-	/* The registers' job is held until vcpu_state_early_release (the
-	 * VM's hold_early_regs was set when that part came). */
-	bool early_regs_held;
 	/* ... and the messages those parts came in, back to back
 	 * (VCPU_EARLY_ALL_MAX bytes; NULL: not kept): what the stream's
 	 * "vcpu-early/N" is compared with. */
 	uint8_t *early_msgs;
 	size_t early_msgs_len;
+	/* The MSRs and TSC offset set before the stop, from the old side's
+	 * read at an exit (vcpu_state_apply_ahead; NULL: none); msrs_ahead:
+	 * the stream's MSRs part found them standing, so none was set in the
+	 * blackout but the late ones. */
+	struct vcpu_ahead *ahead;
+	bool msrs_ahead;
 	/* Parked after a KVM_RUN that completed an exit and stored the
 	 * registers, special registers and events in kvm_run (vcpu.c): a
 	 * capture reads them there, without a KVM_RUN of its own. Only the
@@ -138,9 +147,11 @@ struct vm {
 	/* Waiting vCPU threads yield at every turn, waker_cpu or not: they
 	 * were placed on a CPU where the old side still works (cpr.c). */
 	bool spin_polite;
-	/* Live update, new side: the early registers' jobs wait for
-	 * vcpu_state_early_release (cpr.c, "Placement"). */
-	bool hold_early_regs;
+	/* Live update, new side (cpr-exec): the vCPU threads are placed at
+	 * the first early message, and the registers part is set by the
+	 * thread that takes it, not by a job on the vCPU's thread (cpr.c,
+	 * "Placement"). */
+	bool place_late, early_regs_here;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
@@ -194,6 +205,12 @@ bool spin_until(const bool *flag, bool want, unsigned max_us);
 void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args);
 /* The same for one vCPU (its previous job done); vcpu_jobs_wait waits for it. */
 void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg);
+/* fn(v, arg) runs once on v's thread (or runner) right after it handles
+ * the guest's next exit to cprvm, while no pause is asked for; it must be
+ * quick (the guest waits). vcpu_cancel_at_exit returns once it has run or
+ * never will. A guest that does not exit never runs it. */
+void vcpu_post_at_exit(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg);
+void vcpu_cancel_at_exit(struct vcpu *v);
 int vcpu_jobs_wait(struct vm *vm);
 /* The same, asleep from the start: for a waiter that has nothing to do
  * at once when the jobs end (they pass their results on themselves). */

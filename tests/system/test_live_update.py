@@ -1,6 +1,7 @@
 """Live update with cpr-exec (issue 4): the VMM binary is replaced under a
 running guest, same PID; the guest, its console clients and the QMP socket
 carry on."""
+import json
 import os
 import signal
 import random
@@ -445,6 +446,72 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
         # Every vCPU has left the guest since (its OK line): the CPU each
         # was pinned to for the blackout, and SCHED_BATCH, are given back.
         assert_threads_unplaced(current.pid)
+    finally:
+        for p in extra:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+SYSENTER_ESP = 0x175
+
+
+def snapshot_msr(vm, tmp_path, index):
+    """vCPU 0's MSR index as KVM holds it, from a snapshot (the VM is left
+    stopped, postmigrate)."""
+    q = qmp_when_ready(vm)
+    q.ok("migrate", uri="file:" + str(tmp_path / "msrs.snap"))
+    assert q.ok("query-migrate")["status"] == "completed"
+    q.close()
+    out = subprocess.run([os.path.join(BUILD, "cprvm-stream"), "dump", str(tmp_path / "msrs.snap")],
+                         capture_output=True, check=True, text=True).stdout
+    secs = {sec["name"]: sec for sec in json.loads(out)["stream"]["sections"]}
+    msrs = next(f for f in secs["vcpu/0"]["fields"] if f["name"] == "msrs")
+    for el in msrs["elements"]:
+        vals = {f["name"]: f["value"] for f in (el["fields"] if isinstance(el, dict) else el)}
+        if vals["index"] == index:
+            return int(vals["data"], 16)
+    raise AssertionError("MSR %#x not in the snapshot" % index)
+
+
+@pytest.mark.parametrize("mode,fault", [("cpr-transfer", None), ("cpr-exec", None),
+                                        ("cpr-transfer", "ahead-wrong-msr"),
+                                        ("cpr-exec", "ahead-wrong-tsc")])
+def test_msrs_set_ahead_of_the_stop(vms, tmp_path, mode, fault):
+    # The old side reads the MSRs and the TSC offset at the guest's first
+    # exit after phase 1, the new side sets them before the stop, and in the
+    # blackout, where the stream says the same, sets none of them again
+    # (query-migrate: x-vcpu-state msrs-set-ahead). ahead-wrong-msr (-tsc):
+    # what was read ahead says another SYSENTER_ESP (TSC offset) than the
+    # guest holds; the stream's must be set, and a snapshot afterwards shows
+    # the guest's own value (0: the test guest never writes SYSENTER_ESP).
+    env = {"CPRVM_TEST_XFER_FAULT": fault} if fault else None
+    vm = vms(cmdline="heartbeat=2000 verify=32", memory="256M", env=env)
+    vm.serial.wait(r"^OK 1 cpu=0$", timeout=60)
+    ahead, extra = 0, []
+    try:
+        for i in range(3):
+            if mode == "cpr-exec":
+                mig, st = cpr_exec(vm)
+            else:
+                new, inc = start_incoming(vm, tmp_path, i, env=env)
+                extra.append(new)
+                cpr_transfer(vm, inc)
+                mig, st = transfer_outcome(vm)
+            assert mig["status"] == "completed", mig
+            assert st["status"] == "running"
+            vs = mig["x-vcpu-state"]
+            if fault:
+                assert vs["msrs-set-ahead"] == 0, vs
+            ahead += vs["msrs-set-ahead"]
+            n = vm.serial.count()
+            vm.serial.wait(r"^HB \d+$", start=n + 3)
+        if not fault:
+            assert ahead > 0  # the guest exits every 2 ms: at least once
+        _, m = vm.serial.wait(r"^OK (\d+) cpu=0$", start=vm.serial.count(), timeout=30)
+        assert_hb_continuous(heartbeats(vm.serial))
+        assert not vm.serial.matching(r"^(BAD|FAIL|PANIC|ERR)")
+        assert snapshot_msr(vm, tmp_path, SYSENTER_ESP) == 0
     finally:
         for p in extra:
             if p.poll() is None:

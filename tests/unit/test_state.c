@@ -1247,6 +1247,7 @@ static void early_part_check(enum vcpu_early_part part, const struct vcpu_state 
 		assert_memory_equal(&got.lapic, &in->lapic, sizeof(in->lapic));
 		break;
 	case VCPU_EARLY_MSRS:
+	case VCPU_EARLY_MSRS_AHEAD:
 		assert_int_equal(got.nr_msrs, in->nr_msrs);
 		assert_memory_equal(got.msrs, in->msrs, in->nr_msrs * sizeof(in->msrs[0]));
 		assert_int_equal(got.have_tsc_offset, 1);
@@ -1267,7 +1268,8 @@ static void early_part_check(enum vcpu_early_part part, const struct vcpu_state 
 		assert_int_equal(vcpu_early_decode(buf, len, &id, &gp, &got), -EINVAL);
 	assert_int_equal(vcpu_early_decode(buf, n + 1, &id, &gp, &got), -EINVAL);
 	for (size_t off = 0; off < VCPU_EARLY_HDR; off++) {
-		if ((off >= 6 && off < 8) || (part == VCPU_EARLY_MSRS && off >= 24))
+		if ((off >= 6 && off < 8) ||
+		    ((part == VCPU_EARLY_MSRS || part == VCPU_EARLY_MSRS_AHEAD) && off >= 24))
 			continue;
 		buf[off] ^= 0x40;
 		assert_int_equal(vcpu_early_decode(buf, n, &id, &gp, &got), -EINVAL);
@@ -1315,6 +1317,10 @@ static void early_all_check(const struct vcpu_state *in)
 	assert_int_equal(vcpu_early_decode_all(all, n + 1, 5, &tmp), -EINVAL);
 	assert_int_equal(vcpu_early_decode_all(all + part_off[1], n - part_off[1], 5, &tmp),
 			 -EINVAL);
+	/* The MSRs read ahead in place of the MSRs part: not one of the four. */
+	memcpy(swapped, all, n);
+	swapped[part_off[2] + 8] = VCPU_EARLY_MSRS_AHEAD;
+	assert_int_equal(vcpu_early_decode_all(swapped, n, 5, &tmp), -EINVAL);
 	/* Two parts swapped (LAPIC before XSAVE). */
 	off = 0;
 	memcpy(swapped, all + part_off[1], part_off[2] - part_off[1]);
@@ -1365,6 +1371,8 @@ static void early_state_round_trip_and_refusals(void **st)
 	early_part_check(VCPU_EARLY_XSAVE, &in, 2696);
 	early_part_check(VCPU_EARLY_LAPIC, &in, sizeof(in.lapic));
 	early_part_check(VCPU_EARLY_MSRS, &in, 40 * sizeof(in.msrs[0]));
+	/* The MSRs read ahead of the stop: the MSRs part's layout. */
+	early_part_check(VCPU_EARLY_MSRS_AHEAD, &in, 40 * sizeof(in.msrs[0]));
 	early_part_check(VCPU_EARLY_REGS, &in,
 			 sizeof(in.regs) + sizeof(in.sregs) + sizeof(in.events) + sizeof(in.xcrs) +
 				 sizeof(in.debugregs) + sizeof(in.mp_state) + 4);
@@ -1373,7 +1381,7 @@ static void early_state_round_trip_and_refusals(void **st)
 	in.have_sregs2 = 1;
 	assert_int_equal(vcpu_early_encode(&in, 3, VCPU_EARLY_REGS, buf, sizeof(buf)), 0);
 	in.have_sregs2 = 0;
-	assert_int_equal(vcpu_early_encode(&in, 3, (enum vcpu_early_part)5, buf, sizeof(buf)), 0);
+	assert_int_equal(vcpu_early_encode(&in, 3, (enum vcpu_early_part)6, buf, sizeof(buf)), 0);
 	assert_int_equal(vcpu_early_encode(&in, 70000, VCPU_EARLY_LAPIC, buf, sizeof(buf)), 0);
 	early_all_check(&in);
 }
