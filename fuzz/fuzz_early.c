@@ -1,7 +1,7 @@
 /* fuzz_early.c — libFuzzer target for vcpu_early_decode (vcpu/vcpu_state.h),
  * the messages of a live update's early state (one per part of a vCPU's
- * state) that the new side reads from another process and sets before the
- * stream is checked; and for vcpu_early_decode_all, the four of them back to
+ * state, and the MSRs read ahead of the stop) that the new side reads from
+ * another process and sets before the stream is checked; and for vcpu_early_decode_all, the four of them back to
  * back as a live stream's "vcpu-early/N" section carries them.
  *
  * Beyond "no crash" (ASan/UBSan): a refusal changes nothing the caller can
@@ -45,7 +45,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	id = 0xffffffff;
 	if (vcpu_early_decode(data, size, &id, &part, &st) < 0)
 		return 0;
-	if (id > UINT16_MAX || part < VCPU_EARLY_XSAVE || part > VCPU_EARLY_PARTS ||
+	/* The four parts, and the MSRs read ahead of the stop. */
+	if (id > UINT16_MAX || part < VCPU_EARLY_XSAVE ||
+	    (part > VCPU_EARLY_PARTS && part != VCPU_EARLY_MSRS_AHEAD) ||
 	    st.xsave_len > VCPU_XSAVE_MAX || st.nr_msrs > VCPU_MAX_MSRS ||
 	    st.have_tsc_offset > 1 || st.have_sregs2)
 		fuzz_die("accepted a message with a field out of bounds");
@@ -78,7 +80,7 @@ static void seed_write(const char *dir)
 			st.regs.rip = 0x100000 + a;
 			st.sregs.cr3 = 0x10c000;
 			st.mp_state.mp_state = (uint32_t)b;
-			for (int part = VCPU_EARLY_XSAVE; part <= VCPU_EARLY_PARTS; part++) {
+			for (int part = VCPU_EARLY_XSAVE; part <= VCPU_EARLY_MSRS_AHEAD; part++) {
 				size_t n = vcpu_early_encode(&st, (uint32_t)a, part, out, sizeof(out));
 				FILE *f;
 
