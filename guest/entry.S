@@ -174,6 +174,15 @@ ipi_isr:
 	popq %rax
 	iretq
 
+/*
+ * ---- the `nmi` workload's NMI (vector 2): count it, return ------------------
+ * No EOI for an NMI; iretq ends the NMI blocking.
+ */
+	.globl nmi_isr
+nmi_isr:
+	lock incq nmi_acks(%rip)
+	iretq
+
 /* ---- AP trampoline, copied below 1 MiB; entered in real mode at CS:0 --------- */
 	.section .rodata.trampoline, "a"
 	.code16
@@ -201,9 +210,10 @@ entry_tsc:	.quad 0
 pvh_start_info:	.long 0
 ap_boot_cpu:	.long 0
 ap_alive:	.long 0
-	.globl ipi_acks, lapic_eoi
+	.globl ipi_acks, nmi_acks, lapic_eoi
 	.balign 8
 ipi_acks:	.quad 0
+nmi_acks:	.quad 0
 lapic_eoi:	.quad 0
 
 	.globl isr_table

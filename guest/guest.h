@@ -59,6 +59,8 @@ extern u64 isr_table[32];
 #define IPI_VECTOR 0x40
 extern void ipi_isr(void);
 extern volatile u64 ipi_acks;        /* IPIs CPU 0 took (the `ipi` workload) */
+extern void nmi_isr(void);
+extern volatile u64 nmi_acks;        /* NMIs CPU 0 took (the `nmi` workload) */
 extern u64 lapic_eoi;                /* address of the LAPIC's EOI register */
 extern u8 trampoline_start[], trampoline_end[];
 extern u8 __image_start[], __image_end[];

@@ -61,6 +61,7 @@ void kernel_main(u32 cpu)
 		for (unsigned v = 0; v < 32; v++)
 			set_gate(v, isr_table[v], 0);
 		set_gate(IPI_VECTOR, (u64)ipi_isr, 0);
+		set_gate(2, (u64)nmi_isr, 0); /* NMIs are counted (the `nmi` workload) */
 	} else {
 		/* ap_boot_cpu was read in entry64; the BSP may start the next AP. */
 		__atomic_store_n(&ap_alive, 1, __ATOMIC_RELEASE);

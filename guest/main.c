@@ -29,6 +29,7 @@ static struct {
 	bool iobench;
 	u64 gaps_us;
 	bool ipi;
+	bool nmi;
 } opt;
 
 static struct area dirty_area, verify_area;
@@ -154,6 +155,8 @@ static void opt_parse_token(const char *tok, size_t len)
 		opt.iobench = true;
 	} else if (len == 3 && !strncmp(tok, "ipi", 3)) {
 		opt.ipi = true;
+	} else if (len == 3 && !strncmp(tok, "nmi", 3)) {
+		opt.nmi = true;
 	} else if (len == 11 && !strncmp(tok, "serial=cpl0", 11)) {
 		serial_tx_cpl0 = true;
 	} else if (len == 11 && !strncmp(tok, "serial=cpl3", 11)) {
@@ -333,6 +336,8 @@ static void __attribute__((noreturn)) do_shutdown(void)
  * must carry an interrupt in flight over, as real hardware never drops one.
  * The period keeps the sends apart from CPU 0's acknowledgements: a send can
  * come well after CPU 0 last ran, as it would while a host stops CPU 0 first.
+ * nmi: the same with NMIs, which KVM keeps apart from the LAPIC's state (a
+ * vCPU's pending events), not with the fixed interrupts.
  */
 #define IPI_LOST_MS 3000
 #define IPI_PERIOD_US 400
@@ -340,23 +345,26 @@ static void __attribute__((noreturn)) do_shutdown(void)
 #define LAPIC_ICR_HI 0x310
 
 struct ipi_state {
+	volatile u64 *acks;
+	u32 icr;          /* ICR low: vector and delivery mode */
+	const char *name; /* "ipi" or "nmi" */
 	bool waiting;
 	u64 base, sent_at, taken, report;
 };
 
 static void ipi_step(struct ipi_state *is, u64 now)
 {
-	u64 acks = __atomic_load_n(&ipi_acks, __ATOMIC_ACQUIRE);
+	u64 acks = __atomic_load_n(is->acks, __ATOMIC_ACQUIRE);
 
 	if (is->waiting && acks != is->base) {
 		is->waiting = false;
 		is->taken++;
 	} else if (is->waiting && now - is->sent_at > IPI_LOST_MS * boot.tsc_khz) {
-		say("BAD ipi lost seq=%lu cpu=1", is->taken);
+		say("BAD %s lost seq=%lu cpu=1", is->name, is->taken);
 		is->waiting = false;
 	}
 	if (now >= is->report) {
-		say("IPI %lu cpu=1", is->taken);
+		say("%s %lu cpu=1", is->icr == IPI_VECTOR ? "IPI" : "NMI", is->taken);
 		is->report = now + tsc_hz;
 	}
 	if (is->waiting || now - is->sent_at < IPI_PERIOD_US * boot.tsc_khz / 1000)
@@ -365,7 +373,7 @@ static void ipi_step(struct ipi_state *is, u64 now)
 	is->sent_at = now;
 	is->waiting = true;
 	*(volatile u32 *)(boot.lapic + LAPIC_ICR_HI) = boot.apic_ids[0] << 24;
-	*(volatile u32 *)(boot.lapic + LAPIC_ICR_LO) = IPI_VECTOR; /* fixed, physical */
+	*(volatile u32 *)(boot.lapic + LAPIC_ICR_LO) = is->icr; /* physical */
 }
 
 static void __attribute__((noreturn)) run(u32 cpu)
@@ -373,7 +381,10 @@ static void __attribute__((noreturn)) run(u32 cpu)
 	struct pcpu *p = &pcpus[cpu];
 	struct verify_state vs = { 0 };
 	struct dirty_state ds = { 0 };
-	struct ipi_state is = { .report = rdtsc() + tsc_hz };
+	struct ipi_state is = { .acks = &ipi_acks, .icr = IPI_VECTOR, /* fixed */
+				.name = "ipi", .report = rdtsc() + tsc_hz };
+	struct ipi_state ns = { .acks = &nmi_acks, .icr = 0x4400, /* NMI, assert */
+				.name = "nmi", .report = rdtsc() + tsc_hz };
 	bool verify = opt.verify_mib && verify_area.pages;
 	bool dirty = opt.dirty && dirty_area.pages && opt.dirty_mbps;
 	u64 now = rdtsc();
@@ -402,6 +413,8 @@ static void __attribute__((noreturn)) run(u32 cpu)
 		now = tick(p);
 		if (cpu == 1 && opt.ipi)
 			ipi_step(&is, now);
+		if (cpu == 1 && opt.nmi)
+			ipi_step(&ns, now);
 		if (cpu == 0) {
 			if (opt.heartbeat && now >= hb_next) {
 				say("HB %lu", hb_seq++);

@@ -466,8 +466,12 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->debugregs) < 0)
 		return -errno;
 	/* Then the registers, through kvm_run: there already if the vCPU
-	 * parked after completing an exit (vcpu.c), else one KVM_RUN. */
-	if (!v->regs_fresh) {
+	 * parked after completing an exit (vcpu.c), else one KVM_RUN. Not
+	 * with more vCPUs: another one, still in the guest when this one
+	 * parked, may since have sent it an NMI (queued, taken into the
+	 * events only when they are read) or an INIT (taken by
+	 * KVM_GET_MP_STATE above, which resets the registers). */
+	if (!v->regs_fresh || vm->nr_vcpus > 1) {
 		v->run->kvm_valid_regs = VCPU_SYNC_ALL;
 		ret = vcpu_sync_run(v);
 		v->run->kvm_valid_regs = 0;
@@ -478,8 +482,9 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	}
 	s->regs = sr->regs;
 	s->sregs = sr->sregs;
-	/* The events as KVM_RUN left them: a parked vCPU's cannot change
-	 * meanwhile (only entering the guest injects or queues events). */
+	/* The events as KVM_RUN left them: with one vCPU nothing changes
+	 * them meanwhile but a device's NMI (an IOAPIC pin or LVT0 set to NMI
+	 * delivery) in the ~0.1 ms since the exit: not read again for that. */
 	s->events = sr->events;
 	s->have_sregs2 = 0;
 	if (vm->have_sregs2 && sregs_paging_needs_pdptrs(s->sregs.cr0, s->sregs.cr4,

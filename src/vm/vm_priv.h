@@ -91,9 +91,10 @@ struct vcpu {
 	bool msrs_ahead;
 	/* Parked after a KVM_RUN that completed an exit and stored the
 	 * registers, special registers and events in kvm_run (vcpu.c): a
-	 * capture reads them there, without a KVM_RUN of its own. Only the
-	 * thread itself touches it; false once anything may have changed
-	 * them. */
+	 * capture of a 1-vCPU VM reads them there, without a KVM_RUN of its
+	 * own (vcpu_state.c). Only the thread itself touches it (or, parked,
+	 * the thread setting its registers ahead of a restore); false once
+	 * anything may have changed them. */
 	bool regs_fresh;
 };
 
