@@ -303,21 +303,52 @@ static int load_xsave(struct vcpu *v, const struct vcpu_state *s)
 	return ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0 ? -errno : 0;
 }
 
-static int load_msrs(struct vcpu *v, const struct vcpu_state *s)
+/* The late MSRs, left to the blackout when the others are set ahead of the
+ * stop (vcpu_state_apply_ahead): the TSC (the offset is set instead, which
+ * makes it keep real time), its deadline (setting the LAPIC restarts the
+ * timer: the deadline goes after it), the kvmclock wall clock (writing it
+ * writes the guest's RAM at once, while the old side still runs the guest
+ * there). */
+static bool msr_late(uint32_t index)
+{
+	switch (index) {
+	case 0x10:       /* IA32_TSC */
+	case 0x6e0:      /* IA32_TSC_DEADLINE */
+	case 0x11:       /* MSR_KVM_WALL_CLOCK */
+	case 0x4b564d00: /* MSR_KVM_WALL_CLOCK_NEW */
+		return true;
+	}
+	return false;
+}
+
+/* Which of a state's MSRs load_msrs sets: all; all but the late ones (set
+ * ahead of the stop); the late ones that are not zero, which a fresh vCPU
+ * does not hold (the TSC aside: its offset is set). */
+enum msrs_which { MSRS_ALL, MSRS_NOT_LATE, MSRS_LATE };
+
+static int load_msrs(struct vcpu *v, const struct vcpu_state *s, enum msrs_which which)
 {
 	struct kvm_msrs *buf;
+	uint32_t n = 0;
 	int ret;
 
 	if (s->nr_msrs > VCPU_MAX_MSRS)
 		return -EINVAL;
-	buf = msrs_alloc(s->nr_msrs);
+	buf = msrs_alloc(s->nr_msrs ? s->nr_msrs : 1);
 	if (!buf)
 		return -ENOMEM;
-	buf->nmsrs = s->nr_msrs;
-	memcpy(buf->entries, s->msrs, s->nr_msrs * sizeof(buf->entries[0]));
-	ret = ioctl(v->fd, KVM_SET_MSRS, buf);
+	for (uint32_t i = 0; i < s->nr_msrs; i++) {
+		const struct kvm_msr_entry *e = &s->msrs[i];
+		bool late = msr_late(e->index);
+
+		if (which == MSRS_ALL || (which == MSRS_NOT_LATE && !late) ||
+		    (which == MSRS_LATE && late && e->index != 0x10 && e->data))
+			buf->entries[n++] = *e;
+	}
+	buf->nmsrs = n;
+	ret = n ? ioctl(v->fd, KVM_SET_MSRS, buf) : 0;
 	free(buf);
-	if (ret != (int)s->nr_msrs)
+	if (ret != (int)n)
 		return ret < 0 ? -errno : -EIO;
 	return 0;
 }
@@ -356,7 +387,7 @@ static int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_
 		return 0;
 	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
 		return -errno;
-	if ((ret = load_msrs(v, s)) < 0)
+	if ((ret = load_msrs(v, s, MSRS_ALL)) < 0)
 		return ret;
 	return load_tsc_offset(v, s, same_host);
 }
@@ -513,22 +544,6 @@ struct vcpu_ahead {
 	uint64_t tsc_offset;
 };
 
-/* Left to the blackout: the TSC (the offset is set instead, which makes it
- * keep real time), its deadline (setting the LAPIC restarts the timer: the
- * deadline goes after it), the kvmclock wall clock (writing it writes the
- * guest's RAM at once, while the old side still runs the guest there). */
-static bool msr_late(uint32_t index)
-{
-	switch (index) {
-	case 0x10:       /* IA32_TSC */
-	case 0x6e0:      /* IA32_TSC_DEADLINE */
-	case 0x11:       /* MSR_KVM_WALL_CLOCK */
-	case 0x4b564d00: /* MSR_KVM_WALL_CLOCK_NEW */
-		return true;
-	}
-	return false;
-}
-
 int vcpu_state_read_ahead(struct vcpu *v, struct vcpu_state *s)
 {
 	int ret = vcpu_msr_list_ensure(v);
@@ -537,33 +552,6 @@ int vcpu_state_read_ahead(struct vcpu *v, struct vcpu_state *s)
 		return ret;
 	save_tsc_offset(v, s);
 	return s->have_tsc_offset ? 0 : -EOPNOTSUPP;
-}
-
-/* Sets the entries of s's MSRs that late selects (true: the late ones that
- * are not zero, which a fresh vCPU does not hold; false: all others). */
-static int load_msrs_split(struct vcpu *v, const struct vcpu_state *s, bool late)
-{
-	struct kvm_msrs *buf;
-	uint32_t n = 0;
-	int ret;
-
-	if (s->nr_msrs > VCPU_MAX_MSRS)
-		return -EINVAL;
-	buf = msrs_alloc(s->nr_msrs ? s->nr_msrs : 1);
-	if (!buf)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < s->nr_msrs; i++) {
-		const struct kvm_msr_entry *e = &s->msrs[i];
-
-		if (late ? msr_late(e->index) && e->index != 0x10 && e->data : !msr_late(e->index))
-			buf->entries[n++] = *e;
-	}
-	buf->nmsrs = n;
-	ret = n ? ioctl(v->fd, KVM_SET_MSRS, buf) : 0;
-	free(buf);
-	if (ret != (int)n)
-		return ret < 0 ? -errno : -EIO;
-	return 0;
 }
 
 int vcpu_state_apply_ahead(struct vcpu *v, const struct vcpu_state *s)
@@ -578,7 +566,7 @@ int vcpu_state_apply_ahead(struct vcpu *v, const struct vcpu_state *s)
 	a->nr_msrs = 0;
 	/* A fresh vCPU's late MSRs are zero: where the guest's are not,
 	 * the blackout sets them, after the LAPIC. */
-	if ((ret = load_msrs_split(v, s, false)) < 0 || (ret = load_tsc_offset(v, s, true)) < 0)
+	if ((ret = load_msrs(v, s, MSRS_NOT_LATE)) < 0 || (ret = load_tsc_offset(v, s, true)) < 0)
 		return ret;
 	a->tsc_offset = s->tsc_offset;
 	memcpy(a->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0]));
@@ -690,8 +678,8 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		 * Set before the stop already, but the late MSRs: those. */
 		ahead = ahead_stands(v, s);
 		if (ahead)
-			ret = load_msrs_split(v, s, true);
-		else if ((ret = load_msrs(v, s)) == 0)
+			ret = load_msrs(v, s, MSRS_LATE);
+		else if ((ret = load_msrs(v, s, MSRS_ALL)) == 0)
 			ret = load_tsc_offset(v, s, true);
 		v->msrs_ahead = ahead && ret == 0;
 		if (ret == 0) {
