@@ -1,8 +1,9 @@
 /* fuzz_early.c — libFuzzer target for vcpu_early_decode (vcpu/vcpu_state.h),
  * the messages of a live update's early state (one per part of a vCPU's
  * state, and the MSRs read ahead of the stop) that the new side reads from
- * another process and sets before the stream is checked; and for vcpu_early_decode_all, the four of them back to
- * back as a live stream's "vcpu-early/N" section carries them.
+ * another process and sets before the stream is checked; and for
+ * vcpu_early_decode_all, the four of them back to back as a live stream's
+ * "vcpu-early/N" section carries them.
  *
  * Beyond "no crash" (ASan/UBSan): a refusal changes nothing the caller can
  * see beyond the output state, and an accepted message is exactly what the

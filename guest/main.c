@@ -347,7 +347,7 @@ static void __attribute__((noreturn)) do_shutdown(void)
 struct ipi_state {
 	volatile u64 *acks;
 	u32 icr;          /* ICR low: vector and delivery mode */
-	const char *name; /* "ipi" or "nmi" */
+	const char *name, *tag; /* "ipi" / "IPI", or "nmi" / "NMI" */
 	bool waiting;
 	u64 base, sent_at, taken, report;
 };
@@ -364,7 +364,7 @@ static void ipi_step(struct ipi_state *is, u64 now)
 		is->waiting = false;
 	}
 	if (now >= is->report) {
-		say("%s %lu cpu=1", is->icr == IPI_VECTOR ? "IPI" : "NMI", is->taken);
+		say("%s %lu cpu=1", is->tag, is->taken);
 		is->report = now + tsc_hz;
 	}
 	if (is->waiting || now - is->sent_at < IPI_PERIOD_US * boot.tsc_khz / 1000)
@@ -382,9 +382,9 @@ static void __attribute__((noreturn)) run(u32 cpu)
 	struct verify_state vs = { 0 };
 	struct dirty_state ds = { 0 };
 	struct ipi_state is = { .acks = &ipi_acks, .icr = IPI_VECTOR, /* fixed */
-				.name = "ipi", .report = rdtsc() + tsc_hz };
+				.name = "ipi", .tag = "IPI", .report = rdtsc() + tsc_hz };
 	struct ipi_state ns = { .acks = &nmi_acks, .icr = 0x4400, /* NMI, assert */
-				.name = "nmi", .report = rdtsc() + tsc_hz };
+				.name = "nmi", .tag = "NMI", .report = rdtsc() + tsc_hz };
 	bool verify = opt.verify_mib && verify_area.pages;
 	bool dirty = opt.dirty && dirty_area.pages && opt.dirty_mbps;
 	u64 now = rdtsc();

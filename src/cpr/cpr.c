@@ -657,40 +657,14 @@ static void guest_prefault(struct vm *vm, const struct vcpu_state *s)
 	guest_prefault_path(vm, s->sregs.cr3, s->regs.rsp);
 }
 
-/* New side, before the answer: the MSRs the old side read ahead of the
- * stop, each set into its vCPU now (vcpu_state_apply_ahead). Only those:
- * the first message of another kind stays for xfer_take_early. */
-static void xfer_take_ahead(int early_fd, struct vm *vm, uint8_t *buf, struct vcpu_state *tmp)
-{
-	for (;;) {
-		ssize_t n = recv(early_fd, buf, VCPU_EARLY_MAX, MSG_DONTWAIT | MSG_PEEK);
-		enum vcpu_early_part part;
-		uint32_t id;
-		bool ok;
-
-		if (n <= 0)
-			return;
-		ok = vcpu_early_decode(buf, (size_t)n, &id, &part, tmp) == 0 &&
-		     id < (uint32_t)vm->nr_vcpus;
-		if (ok && part != VCPU_EARLY_MSRS_AHEAD)
-			return;
-		if (recv(early_fd, buf, VCPU_EARLY_MAX, MSG_DONTWAIT) != n)
-			return;
-		if (!ok) {
-			pr_debug("live update: a malformed early state message (%zd bytes)", n);
-			continue;
-		}
-		if (vcpu_state_apply_ahead(&vm->vcpus[id], tmp) == 0)
-			trace_mark("ahead-set");
-		else
-			pr_debug("live update: vCPU %u: the MSRs read ahead could not be set", id);
-	}
-}
-
 /* New side: what early-state messages have come, each set into its vCPU
  * (see "Early state"). A message that does not parse, or does not set, is
- * dropped: the stream has the same, and the restore then sets it all. */
-static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vcpu_state *tmp)
+ * dropped: the stream has the same, and the restore then sets it all. The
+ * MSRs read ahead of the stop are set only before the answer (answered
+ * false: none of the other parts comes before it); after it they are too
+ * late to help. */
+static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vcpu_state *tmp,
+			    bool answered)
 {
 	for (;;) {
 		ssize_t n = recv(early_fd, buf, VCPU_EARLY_MAX, MSG_DONTWAIT);
@@ -705,8 +679,16 @@ static void xfer_take_early(int early_fd, struct vm *vm, uint8_t *buf, struct vc
 			pr_debug("live update: a malformed early state message (%zd bytes)", n);
 			continue;
 		}
-		if (part == VCPU_EARLY_MSRS_AHEAD)
-			continue; /* came after the answer: too late to help */
+		if (part == VCPU_EARLY_MSRS_AHEAD) {
+			if (answered)
+				continue;
+			if (vcpu_state_apply_ahead(&vm->vcpus[id], tmp) == 0)
+				trace_mark("ahead-set");
+			else
+				pr_debug("live update: vCPU %u: the MSRs read ahead could not be set",
+					 id);
+			continue;
+		}
 		ret = vcpu_state_apply_early(&vm->vcpus[id], part, tmp, buf, (size_t)n);
 		if (ret < 0)
 			pr_debug("live update: vCPU %u early state, part %d: %s", id, (int)part,
@@ -763,14 +745,14 @@ static void xfer_wait_state(int sock, int early_fd, struct vm *vm, uint8_t *buf,
 
 	for (;;) {
 		if (early_fd >= 0)
-			xfer_take_early(early_fd, vm, buf, tmp);
+			xfer_take_early(early_fd, vm, buf, tmp, true);
 		if (poll(&p, 1, 0) != 0 || mono_ns() >= end)
 			break;
 		sched_yield();
 	}
 	/* Each vCPU's early message went out before the stream did. */
 	if (early_fd >= 0)
-		xfer_take_early(early_fd, vm, buf, tmp);
+		xfer_take_early(early_fd, vm, buf, tmp, true);
 }
 
 static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
@@ -1637,7 +1619,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	cpr_place_vcpus(vm, cs);
 	cpr_place_main(cs);
 	if (early_fd >= 0)
-		xfer_take_ahead(early_fd, vm, early_buf, early_tmp);
+		xfer_take_early(early_fd, vm, early_buf, early_tmp, false);
 	trace_mark("P");
 	if (send(sock, early_sections_ok(vm, cs, early_fd) ? "Q" : "P", 1, MSG_NOSIGNAL) != 1) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");

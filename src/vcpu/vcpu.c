@@ -875,9 +875,9 @@ void vcpu_destroy(struct vcpu *v)
 	free(v->early);
 	v->early = NULL;
 	free(v->early_msgs);
+	v->early_msgs = NULL;
 	free(v->ahead);
 	v->ahead = NULL;
-	v->early_msgs = NULL;
 	if (v->fd >= 0)
 		close(v->fd);
 	v->fd = -1;
