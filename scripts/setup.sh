@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs what cprvm's build, tests and benchmarks need from Debian, only when
-# something is missing. Run by the Makefile; safe to run by hand.
+# something is missing, and on a host without usable KVM builds the L1 that
+# scripts/with-kvm boots (Debian's kernel and busybox-static, cached in
+# build/l1). Run by the Makefile; safe to run by hand.
 set -e
 need=""
 have_hdr() { [ -e "/usr/include/$1" ]; }
@@ -13,6 +15,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 command -v clang >/dev/null 2>&1 || need="$need clang"
 have_pkg libclang-rt-14-dev || need="$need libclang-rt-14-dev"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
+have_pkg busybox-static || need="$need busybox-static"
 
 if [ -n "$need" ]; then
 	echo "setup: installing from Debian:$need"
@@ -24,4 +27,9 @@ if [ -n "$need" ]; then
 	apt-get update -q >/dev/null
 	apt-get install -y -q --no-install-recommends $need >/dev/null
 fi
+
+here=$(dirname "$0")
+case "$("$here/with-kvm" --platform)" in
+*nested*) "$here/with-kvm" --prepare ;;
+esac
 exit 0
