@@ -368,7 +368,7 @@ static u64 pit_run(bool *clean)
 	return total * pit_hz / (count * 1000);
 }
 
-static u64 tsc_khz_from_pit(void)
+u64 tsc_khz_from_pit(void)
 {
 	u64 good[5], min = ~0ULL;
 	u32 ngood = 0;

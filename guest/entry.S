@@ -91,13 +91,18 @@ entry64:
 
 /*
  * enter_user(rip, rsp, arg): iretq to CPL3 with IF=1 (all interrupt sources
- * stay masked) and IOPL=0 (port access goes through the TSS bitmap).
+ * stay masked) and IOPL=3. The TSS I/O bitmap also grants the ports CPL3
+ * uses, but IOPL=3 is what makes them reachable on every platform: after a
+ * restore, KVM on AMD SVM hands back TR as a busy TSS (type 11), which real
+ * CPUs accept for the bitmap check, while QEMU's TCG consults the bitmap only
+ * for type 9 and raises #GP. IOPL=3 also lets CPL3 run cli/sti; the user
+ * code never does.
  */
 	.globl enter_user
 enter_user:
 	pushq $SEL_UDATA
 	pushq %rsi
-	pushq $0x202
+	pushq $0x3202
 	pushq $SEL_UCODE64
 	pushq %rdi
 	movq %rdx, %rdi

@@ -226,6 +226,7 @@ extern struct boot_info boot;
 void boot_read_start_info(void);
 void boot_read_acpi(void);
 void boot_tsc(void);
+u64 tsc_khz_from_pit(void);
 void boot_map_high(void);
 
 /* A set of pages from free RAM, possibly in several physically contiguous pieces. */

@@ -27,6 +27,7 @@ static struct {
 	u64 shutdown_ms;
 	bool crash;
 	bool iobench;
+	bool pitcal;
 	u64 gaps_us;
 	bool ipi;
 	bool nmi;
@@ -153,6 +154,8 @@ static void opt_parse_token(const char *tok, size_t len)
 		opt.crash = true;
 	} else if (len == 7 && !strncmp(tok, "iobench", 7)) {
 		opt.iobench = true;
+	} else if (len == 6 && !strncmp(tok, "pitcal", 6)) {
+		opt.pitcal = true;
 	} else if (len == 3 && !strncmp(tok, "ipi", 3)) {
 		opt.ipi = true;
 	} else if (len == 3 && !strncmp(tok, "nmi", 3)) {
@@ -589,6 +592,9 @@ static void __attribute__((noreturn)) bsp_main(void)
 		guest_call(SYS_CRASH, 0);
 	if (opt.iobench && !opt.echo)
 		iobench();
+	if (opt.pitcal && !opt.echo)
+		say("PITCAL khz=%lu ref_khz=%lu ref=%s", tsc_khz_from_pit(), boot.tsc_khz,
+		    boot.tsc_source);
 
 	w = 0;
 	for (u32 i = 0; i < GUEST_MAX_CPUS; i++)

@@ -1,5 +1,5 @@
 /*
- * serial.c - COM1 (16550A at 0x3f8), polled, from CPL3 through the TSS I/O bitmap.
+ * serial.c - COM1 (16550A at 0x3f8), polled, from CPL3 (IOPL=3; see enter_user).
  *
  * Every port access is a VM exit (~31 us at CPL3 on the target host), so:
  *  - TX checks LSR.THRE once per 16 bytes (the TX FIFO), then writes them;
