@@ -633,6 +633,19 @@ static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_ho
 	return vcpu_jobs_wait(vm);
 }
 
+/* A vCPU state KVM refused: name the part, and what it means. */
+static void restore_refused(struct vm *vm, struct snapshot *s, uint32_t i, int ret, char *err,
+			    size_t errlen)
+{
+	char why[320];
+
+	if (vcpu_state_refusal(&vm->vcpus[i], &s->vcpus[i], why, sizeof(why)) > 0)
+		snprintf(err, errlen, "cannot restore vCPU %u: %s: the state was saved on a CPU "
+			 "that this host's KVM cannot present (an incompatible CPU model)", i, why);
+	else
+		snprintf(err, errlen, "cannot restore vCPU %u: %s", i, strerror(-ret));
+}
+
 int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vcpu_threads,
 		   char *err, size_t errlen)
 {
@@ -657,8 +670,7 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
 			ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i], same_host);
 			if (ret < 0) {
-				snprintf(err, errlen, "cannot restore vCPU %u: %s", i,
-					 strerror(-ret));
+				restore_refused(vm, s, i, ret, err, errlen);
 				return ret;
 			}
 		}

@@ -304,21 +304,68 @@ static int load_xsave(struct vcpu *v, const struct vcpu_state *s)
 }
 
 /* The late MSRs, left to the blackout when the others are set ahead of the
- * stop (vcpu_state_apply_ahead): the TSC (the offset is set instead, which
- * makes it keep real time), its deadline (setting the LAPIC restarts the
- * timer: the deadline goes after it), the kvmclock wall clock (writing it
- * writes the guest's RAM at once, while the old side still runs the guest
- * there). */
+ * stop (vcpu_state_apply_ahead): those that count while the guest runs, so
+ * that a value read ahead is stale by the stop (the TSC, whose offset is set
+ * instead, which makes it keep real time; Hyper-V's VP runtime and reference
+ * time, which KVM lists where it offers Hyper-V enlightenments), the TSC
+ * deadline (setting the LAPIC restarts the timer: the deadline goes after
+ * it), the kvmclock wall clock (writing it writes the guest's RAM at once,
+ * while the old side still runs the guest there). */
 static bool msr_late(uint32_t index)
 {
 	switch (index) {
 	case 0x10:       /* IA32_TSC */
+	case 0x40000010: /* HV_X64_MSR_VP_RUNTIME */
+	case 0x40000020: /* HV_X64_MSR_TIME_REF_COUNT */
 	case 0x6e0:      /* IA32_TSC_DEADLINE */
 	case 0x11:       /* MSR_KVM_WALL_CLOCK */
 	case 0x4b564d00: /* MSR_KVM_WALL_CLOCK_NEW */
 		return true;
 	}
 	return false;
+}
+
+bool vcpu_msr_holds(struct vcpu *v, const struct kvm_msr_entry *e)
+{
+	struct {
+		struct kvm_msrs hdr;
+		struct kvm_msr_entry e;
+	} one = { .hdr.nmsrs = 1, .e.index = e->index };
+
+	if (ioctl(v->fd, KVM_GET_MSRS, &one) != 1)
+		return e->data == 0; /* no such MSR here: only its reset value is lossless */
+	return one.e.data == e->data;
+}
+
+/* KVM_SET_MSRS sets entries in order and stops at the first it refuses. A
+ * refused MSR that the vCPU already holds at the saved value (one that is
+ * read-only here, or absent here and saved at its reset value, 0) carries
+ * nothing the guest could miss: it is skipped, as QEMU sends an MSR only
+ * when it differs from its default. Any other refusal fails the load. The
+ * common case is one ioctl. */
+static int set_msrs_skipping_held(struct vcpu *v, struct kvm_msrs *buf, uint32_t n)
+{
+	uint32_t from = 0;
+
+	while (from < n) {
+		const struct kvm_msr_entry *e;
+		int ret;
+
+		if (from)
+			memmove(buf->entries, buf->entries + from, (n - from) * sizeof(*e));
+		n -= from;
+		buf->nmsrs = n;
+		ret = ioctl(v->fd, KVM_SET_MSRS, buf);
+		if (ret < 0)
+			return -errno;
+		if ((uint32_t)ret == n)
+			return 0;
+		e = &buf->entries[ret];
+		if (!vcpu_msr_holds(v, e))
+			return -EIO;
+		from = (uint32_t)ret + 1;
+	}
+	return 0;
 }
 
 /* Which of a state's MSRs load_msrs sets: all; all but the late ones (set
@@ -345,12 +392,9 @@ static int load_msrs(struct vcpu *v, const struct vcpu_state *s, enum msrs_which
 		    (which == MSRS_LATE && late && e->index != 0x10 && e->data))
 			buf->entries[n++] = *e;
 	}
-	buf->nmsrs = n;
-	ret = n ? ioctl(v->fd, KVM_SET_MSRS, buf) : 0;
+	ret = set_msrs_skipping_held(v, buf, n);
 	free(buf);
-	if (ret != (int)n)
-		return ret < 0 ? -errno : -EIO;
-	return 0;
+	return ret;
 }
 
 /* After the MSRs: writing IA32_TSC set an offset of its own. On the same

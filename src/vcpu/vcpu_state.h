@@ -7,6 +7,7 @@
 
 #include <linux/kvm.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define VCPU_MAX_MSRS 512
@@ -58,6 +59,15 @@ int vcpu_msr_list_ensure(struct vcpu *v);
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
+/* After vcpu_state_load failed: sets the parts of s again one by one and
+ * writes into buf which one KVM refuses and what in it this host lacks (an
+ * XSAVE component, an MSR, a control-register bit). Returns the message's
+ * length, 0 when every part is accepted alone (buf empty). */
+int vcpu_state_refusal(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len);
+/* Whether the vCPU holds e already: reading the MSR gives e's value, or the
+ * MSR does not exist here and e's value is 0. A saved MSR that KVM refuses
+ * but the vCPU holds is skipped on restore: nothing is lost. */
+bool vcpu_msr_holds(struct vcpu *v, const struct kvm_msr_entry *e);
 /* The same, on the vCPU's own thread while it is parked (vcpu_jobs_post):
  * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
  * what equals the fresh vCPU's base is not set again). */

@@ -4,12 +4,18 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
 
 import pytest
 
+# scripts/with-kvm says where the tests run. On the nested platform (KVM in
+# an L1 that QEMU's TCG emulates) every exit costs ~100x more: tests shrink
+# their workloads there (longer heartbeat periods, fewer rounds), never what
+# they assert.
+NESTED = os.environ.get("CPRVM_PLATFORM_NAME") == "nested-tcg"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("CPRVM_BUILD", "build"))
 CPRVM = os.path.join(BUILD, "cprvm")
@@ -342,3 +348,30 @@ def assert_hb_continuous(hbs):
     seqs = [s for _, s in hbs]
     for a, b in zip(seqs, seqs[1:]):
         assert b == a + 1, "heartbeat sequence broken: %d then %d" % (a, b)
+
+
+def _crc_table_entry(n):
+    for _ in range(8):
+        n = (n >> 1) ^ (0x82f63b78 if n & 1 else 0)
+    return n
+
+
+_CRC_TABLE = [_crc_table_entry(n) for n in range(256)]
+
+
+def crc32c(data):
+    """CRC32C (Castagnoli): reflected 0x82f63b78, init and final xor ~0."""
+    crc = 0xffffffff
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xff] ^ (crc >> 8)
+    return crc ^ 0xffffffff
+
+
+assert crc32c(b"123456789") == 0xe3069283
+
+
+def stream_span(snap):
+    """(offset, length) of the state stream in a snapshot's bytes, from its
+    container header (src/cpr/snapshot.h)."""
+    assert snap[:8] == b"CPRVMSNP"
+    return struct.unpack_from("<QQ", snap, 16)

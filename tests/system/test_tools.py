@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from conftest import BUILD, CPRCTL, GUEST, assert_hb_continuous, heartbeats
+from conftest import (BUILD, CPRCTL, GUEST, assert_hb_continuous, crc32c, heartbeats,
+                      stream_span)
 
 STREAM = os.path.join(BUILD, "cprvm-stream")
 CMDLINE = "heartbeat=20000 verify=32"
@@ -52,21 +53,10 @@ def assert_one_line_error(r, *words):
     return lines[0]
 
 
-def crc32c(data):
-    crc = 0xffffffff
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82f63b78 & -(crc & 1))
-    return crc ^ 0xffffffff
-
-
 def container(path):
     """(stream offset, stream length) from a snapshot's container header."""
     with open(path, "rb") as f:
-        hdr = f.read(52)
-    assert hdr[:8] == b"CPRVMSNP"
-    return struct.unpack_from("<QQ", hdr, 16)
+        return stream_span(f.read(52))
 
 
 def damaged_copy(src, dst, edit):

@@ -1,0 +1,137 @@
+/* vcpu_refusal.c — when KVM refuses a saved vCPU state, say which part.
+ *
+ * KVM answers a state it cannot take with a bare EINVAL (or, for MSRs, a
+ * short count): "Input/output error" tells a user nothing. After a failed
+ * vcpu_state_load, the parts are set again one by one, in the load's order,
+ * and the first one refused is named with what in it the host lacks: an
+ * XSAVE component outside the host's XCR0, an MSR (index and value), a
+ * control-register bit. Probing writes into a vCPU whose restore has failed
+ * anyway; nothing else is touched. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "vcpu/vcpu_state.h"
+#include "vm/vm_priv.h"
+
+static const char *const xfeature_names[] = {
+	"x87", "SSE", "AVX", "MPX bounds", "MPX CSR", "AVX-512 opmask", "AVX-512 ZMM_Hi256",
+	"AVX-512 Hi16_ZMM", "PT", "PKRU", "PASID", "CET user", "CET supervisor", "HDC", "UINTR",
+	"LBR", "HWP", "AMX TILECFG", "AMX TILEDATA",
+};
+
+/* The XCR0 bits KVM offers guests here (CPUID 0xD.0 EDX:EAX). */
+static uint64_t supported_xcr0(const struct vm *vm)
+{
+	if (!vm->cpuid)
+		return 0;
+	for (uint32_t i = 0; i < vm->cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+		if (e->function == 0xd && e->index == 0)
+			return e->eax | (uint64_t)e->edx << 32;
+	}
+	return 0;
+}
+
+static void name_xfeatures(uint64_t bits, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < 64 && n < len; i++) {
+		if (!(bits & (1ULL << i)))
+			continue;
+		if (i < sizeof(xfeature_names) / sizeof(xfeature_names[0]))
+			n += snprintf(buf + n, len - n, "%s%s", n ? ", " : "", xfeature_names[i]);
+		else
+			n += snprintf(buf + n, len - n, "%scomponent %u", n ? ", " : "", i);
+	}
+}
+
+static int explain_xstate(const struct vm *vm, uint64_t bv, const char *what, char *buf, size_t len)
+{
+	uint64_t extra = bv & ~supported_xcr0(vm);
+	char names[256];
+
+	if (!extra)
+		return snprintf(buf, len, "KVM refused the %s (components 0x%llx)", what,
+				(unsigned long long)bv);
+	name_xfeatures(extra, names, sizeof(names));
+	return snprintf(buf, len, "the %s holds XSAVE state this host's KVM does not offer: %s",
+			what, names);
+}
+
+/* The first MSR KVM refuses on its own, in the state's order. */
+static int explain_msrs(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len)
+{
+	struct {
+		struct kvm_msrs hdr;
+		struct kvm_msr_entry e;
+	} one;
+
+	for (uint32_t i = 0; i < s->nr_msrs && i < VCPU_MAX_MSRS; i++) {
+		memset(&one, 0, sizeof(one));
+		one.hdr.nmsrs = 1;
+		one.e = s->msrs[i];
+		if (ioctl(v->fd, KVM_SET_MSRS, &one) == 1 || vcpu_msr_holds(v, &s->msrs[i]))
+			continue;
+		return snprintf(buf, len, "KVM refused MSR 0x%x (value 0x%llx)", s->msrs[i].index,
+				(unsigned long long)s->msrs[i].data);
+	}
+	return 0;
+}
+
+static int explain_sregs(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len)
+{
+	const struct kvm_sregs *r = &s->sregs;
+	struct kvm_sregs2 r2;
+
+	if (s->have_sregs2) {
+		if (!v->vm->have_sregs2)
+			return snprintf(buf, len, "the state has KVM_SET_SREGS2's form, which this "
+					"host's KVM lacks");
+		r2 = s->sregs2;
+		if (ioctl(v->fd, KVM_SET_SREGS2, &r2) == 0)
+			return 0;
+		return snprintf(buf, len, "KVM refused the special registers (CR0=0x%llx CR4=0x%llx "
+				"EFER=0x%llx)", (unsigned long long)r2.cr0,
+				(unsigned long long)r2.cr4, (unsigned long long)r2.efer);
+	}
+	if (ioctl(v->fd, KVM_SET_SREGS, r) == 0)
+		return 0;
+	return snprintf(buf, len, "KVM refused the special registers (CR0=0x%llx CR4=0x%llx "
+			"EFER=0x%llx)", (unsigned long long)r->cr0, (unsigned long long)r->cr4,
+			(unsigned long long)r->efer);
+}
+
+int vcpu_state_refusal(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len)
+{
+	uint64_t bv = 0;
+	int n;
+
+	buf[0] = 0;
+	if (ioctl(v->fd, KVM_SET_MP_STATE, &s->mp_state) < 0)
+		return snprintf(buf, len, "KVM refused the MP state (%u)", s->mp_state.mp_state);
+	if ((n = explain_sregs(v, s, buf, len)) != 0)
+		return n;
+	if (s->xsave_len >= 520)
+		memcpy(&bv, s->xsave + 512, sizeof(bv)); /* XSAVE header: XSTATE_BV */
+	if (s->xsave_len > v->vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
+		return snprintf(buf, len, "the XSAVE area (%u bytes) is larger than this host's (%u)",
+				s->xsave_len, v->vm->xsave_size);
+	if (ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0)
+		return explain_xstate(v->vm, bv, "XSAVE area", buf, len);
+	if (ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
+		return explain_xstate(v->vm, s->xcrs.nr_xcrs ? s->xcrs.xcrs[0].value : 0, "XCR0",
+				      buf, len);
+	if (ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
+		return snprintf(buf, len, "KVM refused the debug registers");
+	if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
+		return snprintf(buf, len, "KVM refused the local APIC's state");
+	if ((n = explain_msrs(v, s, buf, len)) != 0)
+		return n;
+	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
+		return snprintf(buf, len, "KVM refused the pending events");
+	return 0;
+}
