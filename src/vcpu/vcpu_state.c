@@ -325,49 +325,6 @@ static bool msr_late(uint32_t index)
 	return false;
 }
 
-bool vcpu_msr_holds(struct vcpu *v, const struct kvm_msr_entry *e)
-{
-	struct {
-		struct kvm_msrs hdr;
-		struct kvm_msr_entry e;
-	} one = { .hdr.nmsrs = 1, .e.index = e->index };
-
-	if (ioctl(v->fd, KVM_GET_MSRS, &one) != 1)
-		return e->data == 0; /* no such MSR here: only its reset value is lossless */
-	return one.e.data == e->data;
-}
-
-/* KVM_SET_MSRS sets entries in order and stops at the first it refuses. A
- * refused MSR that the vCPU already holds at the saved value (one that is
- * read-only here, or absent here and saved at its reset value, 0) carries
- * nothing the guest could miss: it is skipped, as QEMU sends an MSR only
- * when it differs from its default. Any other refusal fails the load. The
- * common case is one ioctl. */
-static int set_msrs_skipping_held(struct vcpu *v, struct kvm_msrs *buf, uint32_t n)
-{
-	uint32_t from = 0;
-
-	while (from < n) {
-		const struct kvm_msr_entry *e;
-		int ret;
-
-		if (from)
-			memmove(buf->entries, buf->entries + from, (n - from) * sizeof(*e));
-		n -= from;
-		buf->nmsrs = n;
-		ret = ioctl(v->fd, KVM_SET_MSRS, buf);
-		if (ret < 0)
-			return -errno;
-		if ((uint32_t)ret == n)
-			return 0;
-		e = &buf->entries[ret];
-		if (!vcpu_msr_holds(v, e))
-			return -EIO;
-		from = (uint32_t)ret + 1;
-	}
-	return 0;
-}
-
 /* Which of a state's MSRs load_msrs sets: all; all but the late ones (set
  * ahead of the stop); the late ones that are not zero, which a fresh vCPU
  * does not hold (the TSC aside: its offset is set). */
@@ -392,7 +349,7 @@ static int load_msrs(struct vcpu *v, const struct vcpu_state *s, enum msrs_which
 		    (which == MSRS_LATE && late && e->index != 0x10 && e->data))
 			buf->entries[n++] = *e;
 	}
-	ret = set_msrs_skipping_held(v, buf, n);
+	ret = vcpu_set_msrs(v, buf, n);
 	free(buf);
 	return ret;
 }

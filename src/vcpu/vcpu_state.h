@@ -64,10 +64,10 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host);
  * XSAVE component, an MSR, a control-register bit). Returns the message's
  * length, 0 when every part is accepted alone (buf empty). */
 int vcpu_state_refusal(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len);
-/* Whether the vCPU holds e already: reading the MSR gives e's value, or the
- * MSR does not exist here and e's value is 0. A saved MSR that KVM refuses
- * but the vCPU holds is skipped on restore: nothing is lost. */
-bool vcpu_msr_holds(struct vcpu *v, const struct kvm_msr_entry *e);
+/* KVM_SET_MSRS of buf's first n entries (buf is reused), skipping a refused
+ * MSR the vCPU holds already (nothing is lost). 0, or -EIO when KVM refuses
+ * one it does not hold, or -errno. */
+int vcpu_set_msrs(struct vcpu *v, struct kvm_msrs *buf, uint32_t n);
 /* The same, on the vCPU's own thread while it is parked (vcpu_jobs_post):
  * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
  * what equals the fresh vCPU's base is not set again). */

@@ -3,7 +3,7 @@
 KVM answers vCPU state it cannot take with a bare EINVAL, or with a short
 count for MSRs; "Input/output error" tells a user nothing. cprvm then sets the
 parts again one by one and names the first refused one, in one line, and exits
-with status 2 (src/vcpu/vcpu_refusal.c, restore_refused() in
+with status 2 (src/vcpu/vcpu_compat.c, restore_refused() in
 src/cpr/snapshot.c).
 
 To get such a snapshot, a golden one (tests/golden/) is patched in place:

@@ -1,4 +1,5 @@
-/* vcpu_refusal.c — when KVM refuses a saved vCPU state, say which part.
+/* vcpu_compat.c — a vCPU state saved on another host's CPU: what can be
+ * skipped without loss, and, when KVM refuses the rest, which part.
  *
  * KVM answers a state it cannot take with a bare EINVAL (or, for MSRs, a
  * short count): "Input/output error" tells a user nothing. After a failed
@@ -14,6 +15,51 @@
 
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
+
+/* Whether the vCPU holds e already: reading the MSR gives e's value, or the
+ * MSR does not exist here and e's value is 0. */
+static bool msr_holds(struct vcpu *v, const struct kvm_msr_entry *e)
+{
+	struct {
+		struct kvm_msrs hdr;
+		struct kvm_msr_entry e;
+	} one = { .hdr.nmsrs = 1, .e.index = e->index };
+
+	if (ioctl(v->fd, KVM_GET_MSRS, &one) != 1)
+		return e->data == 0; /* no such MSR here: only its reset value is lossless */
+	return one.e.data == e->data;
+}
+
+/* KVM_SET_MSRS sets entries in order and stops at the first it refuses. A
+ * refused MSR that the vCPU already holds at the saved value (one that is
+ * read-only here, or absent here and saved at its reset value, 0) carries
+ * nothing the guest could miss: it is skipped, as QEMU sends an MSR only
+ * when it differs from its default. Any other refusal fails the load. The
+ * common case is one ioctl. */
+int vcpu_set_msrs(struct vcpu *v, struct kvm_msrs *buf, uint32_t n)
+{
+	uint32_t from = 0;
+
+	while (from < n) {
+		const struct kvm_msr_entry *e;
+		int ret;
+
+		if (from)
+			memmove(buf->entries, buf->entries + from, (n - from) * sizeof(*e));
+		n -= from;
+		buf->nmsrs = n;
+		ret = ioctl(v->fd, KVM_SET_MSRS, buf);
+		if (ret < 0)
+			return -errno;
+		if ((uint32_t)ret == n)
+			return 0;
+		e = &buf->entries[ret];
+		if (!msr_holds(v, e))
+			return -EIO;
+		from = (uint32_t)ret + 1;
+	}
+	return 0;
+}
 
 static const char *const xfeature_names[] = {
 	"x87", "SSE", "AVX", "MPX bounds", "MPX CSR", "AVX-512 opmask", "AVX-512 ZMM_Hi256",
@@ -74,7 +120,7 @@ static int explain_msrs(struct vcpu *v, const struct vcpu_state *s, char *buf, s
 		memset(&one, 0, sizeof(one));
 		one.hdr.nmsrs = 1;
 		one.e = s->msrs[i];
-		if (ioctl(v->fd, KVM_SET_MSRS, &one) == 1 || vcpu_msr_holds(v, &s->msrs[i]))
+		if (ioctl(v->fd, KVM_SET_MSRS, &one) == 1 || msr_holds(v, &s->msrs[i]))
 			continue;
 		return snprintf(buf, len, "KVM refused MSR 0x%x (value 0x%llx)", s->msrs[i].index,
 				(unsigned long long)s->msrs[i].data);
