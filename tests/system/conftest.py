@@ -16,6 +16,9 @@ import pytest
 # their workloads there (longer heartbeat periods, fewer rounds), never what
 # they assert.
 NESTED = os.environ.get("CPRVM_PLATFORM_NAME") == "nested-tcg"
+# How long a test waits for what it expects is patience, not an assertion:
+# nested, a guest's progress also depends on the emulator's scheduling.
+PATIENCE = 3 if NESTED else 1
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("CPRVM_BUILD", "build"))
 CPRVM = os.path.join(BUILD, "cprvm")
@@ -24,6 +27,7 @@ GUEST = os.path.join(BUILD, "guest", "guest.elf")
 
 
 def wait_for(pred, timeout, what):
+    timeout *= PATIENCE
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
@@ -71,6 +75,7 @@ class LineReader:
         """Waits for a line matching regex at index >= start; returns
         (index, match)."""
         rx = re.compile(regex)
+        timeout *= PATIENCE
         end = time.monotonic() + timeout
         with self.cond:
             i = start

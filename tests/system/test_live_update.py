@@ -789,7 +789,7 @@ def test_guest_powers_off_during_update(vms, tmp_path, mode):
     # (a halted guest in a VMM that never exits): there is nothing to hand
     # over, and every process involved ends with status 0.
     slow = {"CPRVM_TEST_XFER_FAULT": "slow-build"}
-    vm = vms(cmdline="heartbeat=5000 shutdown=1500", memory="256M",
+    vm = vms(cmdline="heartbeat=%d shutdown=1500" % HB_BUSY_US, memory="256M",
              env=slow if mode == "cpr-exec" else None)
     vm.serial.wait(r"^HB 5$", timeout=10)
     if mode == "cpr-exec":
