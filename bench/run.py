@@ -705,7 +705,11 @@ def lu_measure(cons_before, update, since):
         w += hi - lo
     seqs = [seq for _, seq in heartbeats(lines, since, after[1][0])]
     res.update(stall_raw_ms=raw, stall_base_ms=base, stall_ms=raw - base,
-               hb_gap_ms=gap, hb_gap_base_ms=statistics.median(base_gaps),
+               hb_gap_ms=gap,
+               # An update longer than the quiet seconds (16 GiB, nested):
+               # their one longest gap.
+               hb_gap_base_ms=(statistics.median(base_gaps) if base_gaps
+                               else hb_gap(heartbeats(lines, since, lo))),
                hb_seq_ok=all(b == a + 1 for a, b in zip(seqs, seqs[1:])),
                update_wall_ms=(t_done - t0) * 1000.0)
     return res, after[1][0]
