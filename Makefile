@@ -114,11 +114,12 @@ WITH_KVM := scripts/with-kvm
 PYTEST := /usr/bin/python3 -m pytest -q -p no:cacheprovider
 
 # Under sanitizers the serial echo shrinks to 128 KiB and the 200-update soak
-# to 40; the tests size other workloads for the platform they run on
+# to 40, and waits are twice as patient; the tests size other workloads for
+# the platform they run on
 # (tests/system/conftest.py); everything else runs the same.
 system: all $(BUILD)/cprvm-next
 	$(Q)$(WITH_KVM) env CPRVM_BUILD=$(BUILD) \
-		$(if $(filter 1,$(SANITIZE)),CPRVM_ECHO_BYTES=131072 CPRVM_SOAK_UPDATES=40) \
+		$(if $(filter 1,$(SANITIZE)),CPRVM_ECHO_BYTES=131072 CPRVM_SOAK_UPDATES=40 CPRVM_PATIENCE=2) \
 		$(PYTEST) tests/system $(PYTEST_ARGS)
 
 # The platform script itself, on this host: exit status, clean-up, messages.

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (BUILD, CPRVM, NESTED, Qmp, assert_hb_continuous, connect_unix, heartbeats,
-                      wait_echo_ready, wait_for)
+from conftest import (BUILD, CPRVM, EXIT_S, NESTED, Qmp, assert_hb_continuous, connect_unix,
+                      heartbeats, wait_echo_ready, wait_for)
 
 NEXT = os.path.join(BUILD, "cprvm-next")
 # Workloads sized for the platform (conftest.NESTED; heartbeats are slowed
@@ -138,7 +138,7 @@ class Updater:
         self.n += 1
         self.spare.append(new)
         cpr_transfer(self.vm, inc, **params)
-        assert self.current.wait(20) == 0
+        assert self.current.wait(EXIT_S) == 0
         self.current = new
         q = qmp_when_ready(self.vm)
         m = q.ok("query-migrate")
@@ -262,7 +262,7 @@ def test_echo_client_through_failed_transfers(vms, tmp_path):
             new.wait()
         new, inc = start_incoming(vm, tmp_path, n)
         cpr_transfer(vm, inc)
-        assert vm.proc.wait(20) == 0
+        assert vm.proc.wait(EXIT_S) == 0
         vm.proc = new
         m, _ = transfer_outcome(vm, "the good transfer")
         assert m["status"] == "completed", m
@@ -418,7 +418,7 @@ def test_cpr_transfer_keeps_guest(vms, tmp_path, cpus, fault):
             new, inc = start_incoming(vm, tmp_path, i, args=args_of(vm, binary), env=env)
             extra.append(new)
             cpr_transfer(vm, inc)
-            assert current.wait(20) == 0  # the old process leaves by itself
+            assert current.wait(EXIT_S) == 0  # the old process leaves by itself
             current = new
             q = qmp_when_ready(vm)
             assert q.ok("query-status")["status"] == "running"
@@ -575,11 +575,11 @@ def test_cpr_transfer_rollback(vms, tmp_path, case):
     # The guest can still be updated afterwards.
     new2, inc2 = start_incoming(vm, tmp_path, 1)
     cpr_transfer(vm, inc2)
-    assert vm.proc.wait(20) == 0
+    assert vm.proc.wait(EXIT_S) == 0
     q = qmp_when_ready(vm)
     assert q.ok("query-migrate")["status"] == "completed"
     q.cmd("quit")
-    new2.wait(20)
+    new2.wait(EXIT_S)
 
 
 def test_stop_wait_parameter(vms):
@@ -709,7 +709,7 @@ def test_guest_clock_tracks_real_time_across_update(vms, tmp_path):
         n = vm.serial.count()
         t0 = time.monotonic()
         cpr_transfer(vm, inc)
-        assert vm.proc.wait(20) == 0
+        assert vm.proc.wait(EXIT_S) == 0
         blackout = time.monotonic() - t0
         stalls = []
         start = n
@@ -768,7 +768,7 @@ def test_cpr_transfer_of_a_paused_vm_stays_paused(vms, tmp_path):
     q.close()
     new, inc = start_incoming(vm, tmp_path, 0)
     cpr_transfer(vm, inc)
-    assert vm.proc.wait(20) == 0
+    assert vm.proc.wait(EXIT_S) == 0
     n = vm.serial.count()
     q = qmp_when_ready(vm)
     assert q.ok("query-status")["status"] == "paused"
@@ -801,8 +801,8 @@ def test_guest_powers_off_during_update(vms, tmp_path, mode):
         new_err = str(tmp_path / "new0.err")
         cpr_transfer(vm, inc)
     vm.serial.wait(r"^SHUTDOWN$", timeout=10)
-    assert new.wait(20) == 0
-    assert vm.proc.wait(20) == 0
+    assert new.wait(EXIT_S) == 0
+    assert vm.proc.wait(EXIT_S) == 0
     err = open(new_err).read()
     assert "the guest powered off or crashed during the update" in err, err
 
