@@ -130,25 +130,21 @@ static int explain_msrs(struct vcpu *v, const struct vcpu_state *s, char *buf, s
 
 static int explain_sregs(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len)
 {
-	const struct kvm_sregs *r = &s->sregs;
-	struct kvm_sregs2 r2;
+	uint64_t cr0 = s->sregs.cr0, cr4 = s->sregs.cr4, efer = s->sregs.efer;
 
 	if (s->have_sregs2) {
 		if (!v->vm->have_sregs2)
 			return snprintf(buf, len, "the state has KVM_SET_SREGS2's form, which this "
 					"host's KVM lacks");
-		r2 = s->sregs2;
-		if (ioctl(v->fd, KVM_SET_SREGS2, &r2) == 0)
+		if (ioctl(v->fd, KVM_SET_SREGS2, &s->sregs2) == 0)
 			return 0;
-		return snprintf(buf, len, "KVM refused the special registers (CR0=0x%llx CR4=0x%llx "
-				"EFER=0x%llx)", (unsigned long long)r2.cr0,
-				(unsigned long long)r2.cr4, (unsigned long long)r2.efer);
-	}
-	if (ioctl(v->fd, KVM_SET_SREGS, r) == 0)
+		cr0 = s->sregs2.cr0, cr4 = s->sregs2.cr4, efer = s->sregs2.efer;
+	} else if (ioctl(v->fd, KVM_SET_SREGS, &s->sregs) == 0) {
 		return 0;
+	}
 	return snprintf(buf, len, "KVM refused the special registers (CR0=0x%llx CR4=0x%llx "
-			"EFER=0x%llx)", (unsigned long long)r->cr0, (unsigned long long)r->cr4,
-			(unsigned long long)r->efer);
+			"EFER=0x%llx)", (unsigned long long)cr0, (unsigned long long)cr4,
+			(unsigned long long)efer);
 }
 
 int vcpu_state_refusal(struct vcpu *v, const struct vcpu_state *s, char *buf, size_t len)
