@@ -176,10 +176,11 @@ static void qmp_cpr_transfer_after_reply(struct qmp_server *s, void *opaque)
 		return;
 	}
 	/* The guest runs in the new process, which owns the sockets now. This
-	 * one goes at idle priority: its teardown must not steal the guest's
-	 * CPU. */
+	 * one stays SCHED_BATCH (cpr.c, "Batch"): its teardown never preempts
+	 * the guest's vCPUs, yet gets its share of a CPU. Not SCHED_IDLE: with
+	 * the guest busy on every CPU an idle task hardly runs, and the old
+	 * process lingered for 10-60 s, its memory held. */
 	qmp_server_release_path(s);
-	sched_idle_self();
 	vm_quit(opaque, 0, "host-cpr-transfer", false);
 }
 
