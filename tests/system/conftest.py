@@ -3,6 +3,7 @@ console, talk QMP. Every test runs the real binary on /dev/kvm."""
 import json
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -21,8 +22,7 @@ NESTED = os.environ.get("CPRVM_PLATFORM_NAME") == "nested-tcg"
 # under the sanitizers (CPRVM_PATIENCE=2 from the Makefile) the VMM is slower.
 PATIENCE = (3 if NESTED else 1) * float(os.environ.get("CPRVM_PATIENCE") or 1)
 # A process's own exit, e.g. the old side after a cpr-transfer: ~40 ms on
-# the earlier hosts, 8-17 s on the nested platform with 2 vCPUs (30-60 s
-# under ASan), where the old VM's teardown is slow.
+# the earlier hosts, 0.5-2 s on the nested platform with 2 busy vCPUs.
 EXIT_S = 20 * PATIENCE
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("CPRVM_BUILD", "build"))
@@ -354,6 +354,41 @@ class Vm:
         self.stderr_f.close()
 
 
+def vmm_messages(tmp, lines=15):
+    """The end of each VMM's stderr under tmp: what a failure report shows."""
+    out = []
+    for path in sorted(tmp.rglob("*")):
+        if path.name == "stderr.txt" or path.suffix == ".err":
+            text = path.read_text(errors="replace").splitlines()
+            if text:
+                out.append("--- %s\n%s" % (path.relative_to(tmp), "\n".join(text[-lines:])))
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    if rep.when != "call":
+        return
+    item.passed_call = rep.passed
+    tmp = item.funcargs.get("tmp_path")
+    if rep.failed and tmp is not None:
+        # Nested, the files go with the L1: the report carries what they said.
+        msgs = vmm_messages(tmp)
+        if msgs:
+            rep.sections.append(("VMM stderr", msgs))
+
+
+@pytest.fixture(autouse=True)
+def drop_files_of_passed_tests(request, tmp_path):
+    """A passed test's files go when it ends (its VMs are gone by then):
+    snapshots and RAM files add up to GiBs over a run, and nested they would
+    live in the L1's RAM. A failed test's stay, to be read."""
+    yield
+    if getattr(request.node, "passed_call", False):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.fixture
 def vms(tmp_path):
     """Factory: vms(cmdline=..., ...) starts a VM; all are killed at the end."""
@@ -370,6 +405,41 @@ def vms(tmp_path):
     yield make
     for vm in started:
         vm.kill()
+    left = wait_gone(str(tmp_path), EXIT_S)
+    assert not left, "processes left behind by the test's VMs: %s" % left
+
+
+def pids_mentioning(text):
+    """PIDs (not this one's) whose command line mentions text: a VMM's, or a
+    task that shares its address space (a live update's keeper or runner)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+def wait_gone(text, timeout):
+    """Waits until no process mentions text; kills what is still there
+    then, and returns those ("pid comm" each)."""
+    end = time.monotonic() + timeout
+    while pids_mentioning(text) and time.monotonic() < end:
+        time.sleep(0.1)
+    left = []
+    for pid in pids_mentioning(text):
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                left.append("%d %s" % (pid, f.read().strip()))
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return left
 
 
 def heartbeats(reader):
