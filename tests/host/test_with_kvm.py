@@ -100,16 +100,17 @@ def gone_within(pred, seconds):
 @pytest.mark.parametrize("sigs", [[signal.SIGINT], [signal.SIGKILL],
                                   [signal.SIGTERM, signal.SIGINT]])
 def test_interrupt_leaves_nothing(sigs):
-    sig = sigs[0]
     before = run_dirs()
     with tempfile.TemporaryDirectory() as tmp:
         p = start_sleeper(tmp)
         for s in sigs:
             os.kill(p.pid, s)
         rc = p.wait(timeout=60)
-    assert rc == (128 + sig if sig != signal.SIGKILL else -sig)
+    # Two at once: Python runs the handler of the lower-numbered one first,
+    # whichever was sent first; the status names the one that interrupted.
+    assert rc in [128 + s if s != signal.SIGKILL else -s for s in sigs]
     assert gone_within(lambda: not qemus_of_this_tree(), 10), "the L1 outlived with-kvm"
-    if sig != signal.SIGKILL:
+    if signal.SIGKILL not in sigs:
         assert run_dirs() == before
 
 
