@@ -13,6 +13,7 @@
 
 #include "lib/log.h"
 #include "lib/loop.h"
+#include "lib/version.h"
 #include "cpr/cpr.h"
 #include "cpr/snapshot.h"
 #include "qmp/qmp.h"

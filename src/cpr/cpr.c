@@ -39,6 +39,7 @@
 #include "lib/log.h"
 #include "lib/sock.h"
 #include "lib/trace.h"
+#include "lib/version.h"
 #include "qmp/qmp.h"
 #include "state/state.h"
 #include "vm/vm_priv.h"

@@ -18,7 +18,7 @@
 #include "lib/crc32c.h"
 #include "lib/log.h"
 #include "lib/trace.h"
-#include "qmp/qmp.h"
+#include "lib/version.h"
 #include "state/state.h"
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"

@@ -36,6 +36,7 @@
 
 #include "lib/log.h"
 #include "lib/sock.h"
+#include "lib/version.h"
 #include "qmp/qmp.h"
 
 #define QMP_READ_CHUNK (64u << 10)

@@ -17,12 +17,6 @@
 
 #include "lib/loop.h"
 
-#define CPRVM_VERSION_MAJOR 0
-#define CPRVM_VERSION_MINOR 1
-#ifndef CPRVM_VERSION_MICRO /* tests build a "next" cprvm with another */
-#define CPRVM_VERSION_MICRO 0
-#endif
-
 /* QEMU's error classes that cprvm uses. */
 #define QMP_ERR_GENERIC	  "GenericError"
 #define QMP_ERR_NOT_FOUND "CommandNotFound"

@@ -24,6 +24,7 @@
 #include "lib/log.h"
 #include "lib/loop.h"
 #include "lib/sock.h"
+#include "lib/version.h"
 #include "qmp/qmp.h"
 
 struct tenv {
