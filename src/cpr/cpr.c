@@ -36,6 +36,7 @@
 #include "cpr/cpr.h"
 #include "cpr/snapshot.h"
 #include "lib/clock.h"
+#include "lib/fault.h"
 #include "lib/log.h"
 #include "lib/sock.h"
 #include "lib/trace.h"
@@ -105,14 +106,6 @@ static const struct state_desc cpr_state_desc = STATE_DESC("cpr", 1, 1, cpr_fiel
 static void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs);
 static void cpr_place_vcpus_late(struct vm *vm);
 static void cpr_unplace_vcpus(struct vm *vm);
-
-/* Fault injection for the rollback tests: CPRVM_TEST_XFER_FAULT=name. */
-static bool xfer_fault(const char *name)
-{
-	const char *e = getenv("CPRVM_TEST_XFER_FAULT");
-
-	return e && !strcmp(e, name);
-}
 
 static struct {
 	int argc;
@@ -961,7 +954,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 			goto out;
 	}
 	trace_mark("devices-adopted");
-	if (xfer_fault("refuse-late")) {
+	if (test_fault(TEST_FAULT_REFUSE_LATE)) {
 		/* Rollback tests: a refusal after the sockets were adopted. */
 		ret = set_err(why, whylen, -EINVAL, "refused for the test, with the sockets adopted");
 		goto out;
@@ -1320,7 +1313,7 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	if (v->vm->warm_page && vcpu_warm_up(v) < 0)
 		return -EIO;
 	/* Tests: the restore without a base must undo the warm-up whole. */
-	if (xfer_fault("no-base"))
+	if (test_fault(TEST_FAULT_NO_BASE))
 		return -EIO;
 	vcpu_msr_list_ensure(v); /* else the first capture probes */
 	return vcpu_state_read_base(v);
@@ -1462,7 +1455,8 @@ static int capture_job_fn(struct vcpu *v, void *arg)
  * plays a new side without the capability. */
 static bool early_sections_ok(struct vm *vm, const struct cpr_state *cs, int early_fd)
 {
-	if (!(cs->caps & CPR_CAP_EARLY_SECTIONS) || early_fd < 0 || xfer_fault("new-classic"))
+	if (!(cs->caps & CPR_CAP_EARLY_SECTIONS) || early_fd < 0 ||
+	    test_fault(TEST_FAULT_NEW_CLASSIC))
 		return false;
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		if (!vm->vcpus[i].early || !vm->vcpus[i].early_msgs)
@@ -1518,12 +1512,12 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	free(buf);
 	buf = NULL;
 	/* Fault injection for the rollback tests: die or hang with the fds. */
-	if (xfer_fault("kill"))
+	if (test_fault(TEST_FAULT_KILL))
 		raise(SIGKILL);
-	if (xfer_fault("hang"))
+	if (test_fault(TEST_FAULT_HANG))
 		for (;;)
 			pause();
-	if (xfer_fault("slow-build"))
+	if (test_fault(TEST_FAULT_SLOW_BUILD))
 		sleep(2); /* the guest runs on meanwhile, on the old side */
 	trace_mark("p1-received");
 	cfg->warm_up = 1;
@@ -1649,9 +1643,9 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	}
 	t_adopt = mono_ns();
 	trace_mark("received");
-	if (xfer_fault("slow"))
+	if (test_fault(TEST_FAULT_SLOW))
 		usleep(500 * 1000); /* a long blackout the guest must see */
-	if (xfer_fault("hang-with-state"))
+	if (test_fault(TEST_FAULT_HANG_WITH_STATE))
 		for (;;)
 			pause();
 	ret = snapshot_load_stream(buf, len, cfg, true, &snap, &idx, why, whylen);
@@ -1795,10 +1789,10 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 		cargs[i].s = &vstates[i];
 		touch_pages(&vstates[i], sizeof(vstates[i])); /* now, not in the blackout */
 		cargs[i].early_fd = early[0];
-		cargs[i].skip_lapic = xfer_fault("early-skip-lapic");
-		cargs[i].wrong_regs = xfer_fault("early-wrong-regs");
-		cargs[i].wrong_ahead_msr = xfer_fault("ahead-wrong-msr");
-		cargs[i].wrong_ahead_tsc = xfer_fault("ahead-wrong-tsc");
+		cargs[i].skip_lapic = test_fault(TEST_FAULT_EARLY_SKIP_LAPIC);
+		cargs[i].wrong_regs = test_fault(TEST_FAULT_EARLY_WRONG_REGS);
+		cargs[i].wrong_ahead_msr = test_fault(TEST_FAULT_AHEAD_WRONG_MSR);
+		cargs[i].wrong_ahead_tsc = test_fault(TEST_FAULT_AHEAD_WRONG_TSC);
 		cargs[i].buf = early[0] >= 0 ? malloc(VCPU_EARLY_MAX) : NULL;
 		if (cargs[i].buf)
 			touch_pages(cargs[i].buf, VCPU_EARLY_MAX);
@@ -1829,7 +1823,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	if (live)
 		cpr_put_prev_argv(cs);
 	/* Tests: "old-classic" plays an old side without the capability. */
-	if (early[1] >= 0 && !xfer_fault("old-classic"))
+	if (early[1] >= 0 && !test_fault(TEST_FAULT_OLD_CLASSIC))
 		cs->caps |= CPR_CAP_EARLY_SECTIONS;
 	for (int i = 0; !live && i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
 		cs->vcpu_tid[i] = (uint32_t)vm->vcpus[i].tid;

@@ -18,6 +18,7 @@
 #include "cpr/snapshot.h"
 #include "dev/pm.h"
 #include "lib/clock.h"
+#include "lib/fault.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vcpu/vcpu_state.h"
@@ -199,18 +200,11 @@ void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
 
 /* --- run control --------------------------------------------------------- */
 
-/* Tests (CPRVM_TEST_XFER_FAULT=late-kick): the vCPUs but the first are
- * kicked 3 ms late, so they run on while vCPU 0 is already out. */
+/* Tests (TEST_FAULT_LATE_KICK): the vCPUs but the first are kicked 3 ms
+ * late, so they run on while vCPU 0 is already out. */
 static bool late_kick(void)
 {
-	static int on = -1;
-
-	if (on < 0) {
-		const char *e = getenv("CPRVM_TEST_XFER_FAULT");
-
-		on = e && !strcmp(e, "late-kick");
-	}
-	return on;
+	return test_fault(TEST_FAULT_LATE_KICK);
 }
 
 /* The vCPUs stopped now, if no earlier moment was recorded for this pause. */
