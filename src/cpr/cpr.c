@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "cpr/cpr.h"
+#include "cpr/proto.h"
 #include "cpr/snapshot.h"
 #include "lib/clock.h"
 #include "lib/fault.h"
@@ -45,7 +46,6 @@
 #include "state/state.h"
 #include "vm/vm_priv.h"
 
-#define CPR_MAX_FDS 16
 #define CPR_ARGV_MAX 8192
 #define KEEPER_STACK (64 * 1024)
 
@@ -459,84 +459,8 @@ static int dup_claim(const struct cpr_state *cs, const char *name)
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
 
-/* cpr-transfer's protocol on the migration socket:
- *   old -> new  phase 1 (guest still running): header + the fds (SCM_RIGHTS)
- *               + a stream with "machine" and "cpr" (the fd registry)
- *   new -> old  'P'               VM built over those fds, ready for state
- *               'Q'               the same, and phase 2 may carry the vCPUs
- *                                 as the early messages' bytes (only if
- *                                 phase 1's registry offered it: caps)
- *               'F' reason\0      refused (the guest never stopped)
- *   old -> new  early state (guest stopped), on a channel of its own that
- *               came with phase 1's fds ("vcpu-early", SOCK_SEQPACKET): one
- *               message per part of a vCPU's state (XSAVE; LAPIC; MSRs +
- *               TSC offset; registers), sent by each vCPU thread as soon as
- *               it has read that part. The new side sets each while the
- *               next is read; the stream below still carries everything and
- *               wins (see "Early state").
- *   old -> new  phase 2 (guest stopped): header + the whole state stream
- *               (after 'Q': a vCPU's section is "vcpu-early/N", the bytes of
- *               its four early messages, which the new side compares with
- *               those it set; else, and for a vCPU they cannot describe,
- *               "vcpu/N")
- *   new -> old  'R'               state applied: the guest is the new one's
- *                                 from here on (it starts at once)
- *               'F' reason\0      refused (the old one resumes)
- *   old -> new  'G'               (for builds that wait for it before 'K')
- *   new -> old  'K'               the guest runs here; the old one may exit
- * Building the VM (KVM VM, memslots, vCPU threads, parked: milliseconds,
- * growing with RAM) happens in phase 1, while the guest runs: the blackout
- * is only phase 2, with one message each way.
- * Who may run the guest: the new side only after sending 'R'; the old side
- * resumes on 'F', or on EOF before 'R' (the new one died before it could
- * run the guest: a message sent before death is still read first), never
- * after 'R'. If 'R' does not come in time, a cpr-transfer old side first
- * kills the new process and waits until it is gone (xfer_fence); a live
- * cpr-exec keeper waits as long as it takes (there is no one to fence: the
- * new side is the VMM's own process). */
-#define XFER_MAGIC 0x54525043u /* "CPRT" */
-/* Instead of phase 2: the guest powered off or crashed meanwhile (its VMM's
- * loop has that event queued): nothing to take over. */
-#define XFER_OVER_MAGIC 0x5245564fu /* "OVER" */
-#define XFER_TIMEOUT_MS 10000
 /* The old side's nap before it looks for the answer to phase 2 (xfer_out). */
 #define XFER_ANSWER_NAP_US 300
-
-struct xfer_hdr {
-	uint32_t magic;
-	uint32_t nr_fds;
-	uint64_t len;
-};
-
-static int xfer_timeout_ms(void)
-{
-	const char *t = getenv("CPRVM_TEST_XFER_TIMEOUT_MS"); /* tests: shorter */
-
-	return t && atoi(t) > 0 ? atoi(t) : XFER_TIMEOUT_MS;
-}
-
-/* The new process did not answer in phase 2: kill it and wait until it is
- * gone. 1 (*c: what it had sent, 'R' = it had taken the guest), 0 (gone
- * without a word), <0 (it could not be killed: it may still run). */
-static int xfer_fence(int sock, char *c)
-{
-	struct ucred cr;
-	socklen_t len = sizeof(cr);
-	struct pollfd p = { .events = POLLIN };
-	int r;
-
-	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 || cr.pid <= 0)
-		return -ESRCH;
-	p.fd = syscall(SYS_pidfd_open, cr.pid, 0);
-	if (p.fd < 0)
-		return errno == ESRCH ? (recv(sock, c, 1, MSG_DONTWAIT) == 1) : -errno;
-	syscall(SYS_pidfd_send_signal, p.fd, SIGKILL, NULL, 0);
-	r = poll(&p, 1, XFER_TIMEOUT_MS); /* readable once it has exited */
-	close(p.fd);
-	if (r <= 0)
-		return -ETIMEDOUT;
-	return recv(sock, c, 1, MSG_DONTWAIT) == 1;
-}
 
 /* Batch: the new side's work before the stop (a process or image starting,
  * the VM build) runs as SCHED_BATCH. Such a task gets its fair share of a
@@ -749,134 +673,6 @@ static void xfer_wait_state(int sock, int early_fd, struct vm *vm, uint8_t *buf,
 		xfer_take_early(early_fd, vm, buf, tmp, true);
 }
 
-static int xfer_wait_byte(int sock, int timeout_ms, char *out, char *why, size_t whylen)
-{
-	struct pollfd p = { .fd = sock, .events = POLLIN };
-	ssize_t n;
-
-	if (poll(&p, 1, timeout_ms) <= 0) {
-		snprintf(why, whylen, "no answer within %d ms", timeout_ms);
-		return -ETIMEDOUT;
-	}
-	n = recv(sock, out, 1, 0);
-	if (n <= 0) {
-		snprintf(why, whylen, "the other process is gone");
-		return -EPIPE;
-	}
-	return 0;
-}
-
-/* After 'F': the peer's reason, NUL-terminated. */
-static void xfer_recv_reason(int sock, char *why, size_t whylen)
-{
-	size_t n = 0;
-
-	while (n < whylen - 1 && recv(sock, why + n, 1, 0) == 1 && why[n])
-		n++;
-	why[n] = 0;
-	if (!n)
-		snprintf(why, whylen, "the new process refused the state");
-}
-
-static int xfer_recv_all(int sock, void *buf, size_t len)
-{
-	for (size_t off = 0; off < len;) {
-		ssize_t n = recv(sock, (char *)buf + off, len - off, 0);
-		if (n <= 0)
-			return n < 0 ? -errno : -EPIPE;
-		off += n;
-	}
-	return 0;
-}
-
-/* One message: header (+ fds), then len bytes into *buf (malloc'd). */
-static int xfer_recv_msg(int sock, uint8_t **buf, size_t *len, int *fds, int *nfds)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
-		struct cmsghdr align;
-	} ctl;
-	struct xfer_hdr h;
-	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-			      .msg_controllen = sizeof(ctl.buf) };
-	struct cmsghdr *cm;
-	ssize_t n;
-
-	*nfds = 0;
-	n = recvmsg(sock, &msg, MSG_WAITALL | MSG_CMSG_CLOEXEC);
-	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			int k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			if (k > CPR_MAX_FDS)
-				k = CPR_MAX_FDS;
-			memcpy(fds, CMSG_DATA(cm), k * sizeof(int));
-			*nfds = k;
-		}
-	if (n == sizeof(h) && h.magic == XFER_OVER_MAGIC)
-		return -ESHUTDOWN;
-	if (n != sizeof(h) || h.magic != XFER_MAGIC || h.len == 0 || h.len > (256 << 20) ||
-	    (msg.msg_flags & MSG_CTRUNC))
-		return -EPROTO;
-	*buf = malloc(h.len);
-	if (!*buf)
-		return -ENOMEM;
-	if (xfer_recv_all(sock, *buf, h.len) < 0) {
-		free(*buf);
-		*buf = NULL;
-		return -EPROTO;
-	}
-	*len = h.len;
-	return 0;
-}
-
-static int xfer_send_msg(int sock, const struct sbuf *b, const int *fds, int nfds)
-{
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * CPR_MAX_FDS)];
-		struct cmsghdr align;
-	} ctl;
-	struct xfer_hdr h = { .magic = XFER_MAGIC, .nr_fds = nfds, .len = b->len };
-	/* Header and body in one call: the reader, which polls for the
-	 * header, then finds the body there too rather than sleeping in
-	 * recv() until a second send() (a wakeup on another CPU). */
-	struct iovec iov[2] = { { .iov_base = &h, .iov_len = sizeof(h) },
-				{ .iov_base = b->data, .iov_len = b->len } };
-	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
-	size_t left = sizeof(h) + b->len;
-	ssize_t n;
-
-	if (nfds) {
-		struct cmsghdr *cm;
-		msg.msg_control = ctl.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-	if (n < (ssize_t)sizeof(h))
-		return -EPIPE;
-	/* A stream socket may take less (the fds went with the first byte). */
-	for (left -= (size_t)n; left;) {
-		n = send(sock, b->data + (b->len - left), left, MSG_NOSIGNAL);
-		if (n <= 0)
-			return -EPIPE;
-		left -= (size_t)n;
-	}
-	return 0;
-}
-
-static void xfer_refuse(int sock, const char *why)
-{
-	char msg[512];
-	int n = snprintf(msg, sizeof(msg), "F%s", why);
-
-	send(sock, msg, (size_t)(n < (int)sizeof(msg) ? n + 1 : (int)sizeof(msg)), MSG_NOSIGNAL);
-}
-
 /* --- taking over (both modes) --------------------------------------------------- */
 
 /* The registry of a stream; in transfer mode its numbers index recv_fds. */
@@ -974,7 +770,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 	 * yields only to the one that will let it go. */
 	__atomic_store_n(&vm->spin_polite, false, __ATOMIC_RELEASE);
 	__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
-	if (sock >= 0 && send(sock, "R", 1, MSG_NOSIGNAL) != 1) {
+	if (sock >= 0 && cpr_proto_send(sock, CPR_MSG_RUNNING) < 0) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out;
 	}
@@ -1004,7 +800,7 @@ static int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm,
 		goto out;
 	}
 	trace_mark("resumed");
-	if (sock >= 0 && send(sock, "K", 1, MSG_NOSIGNAL) != 1)
+	if (sock >= 0 && cpr_proto_send(sock, CPR_MSG_KEPT) < 0)
 		pr_warn("cpr-transfer: could not confirm to the old process");
 	cpr_unplace_vcpus(vm);
 out:
@@ -1375,9 +1171,7 @@ static void capture_finish(struct capture_fin *f)
 	if (__atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST))
 		f->cs->stop_ns = __atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
-		struct xfer_hdr over = { .magic = XFER_OVER_MAGIC };
-
-		send(f->sock, &over, sizeof(over), MSG_NOSIGNAL);
+		cpr_proto_send_over(f->sock);
 		f->ret = -ESHUTDOWN;
 		return;
 	}
@@ -1387,7 +1181,7 @@ static void capture_finish(struct capture_fin *f)
 	f->ret = cpr_build_stream(vm, f->ho, f->cs, f->vstates, f->early_sections, f->b);
 	trace_mark("built");
 	if (f->ret == 0)
-		f->ret = xfer_send_msg(f->sock, f->b, NULL, 0);
+		f->ret = cpr_proto_send_msg(f->sock, f->b, NULL, 0);
 	trace_mark("sent");
 }
 
@@ -1485,7 +1279,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 
 	chardev_keep_socket_files = true;
 	/* Phase 1, the guest still runs: fds and configuration; build the VM. */
-	ret = xfer_recv_msg(sock, &buf, &len, fds, &nfds);
+	ret = cpr_proto_recv_msg(sock, &buf, &len, fds, &nfds);
 	if (ret < 0) {
 		set_err(why, whylen, ret, "bad message from the old process");
 		goto out_refuse;
@@ -1616,7 +1410,8 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	if (early_fd >= 0)
 		xfer_take_early(early_fd, vm, early_buf, early_tmp, false);
 	trace_mark("P");
-	if (send(sock, early_sections_ok(vm, cs, early_fd) ? "Q" : "P", 1, MSG_NOSIGNAL) != 1) {
+	if (cpr_proto_send(sock, early_sections_ok(vm, cs, early_fd) ? CPR_MSG_READY_EARLY
+								      : CPR_MSG_READY) < 0) {
 		ret = set_err(why, whylen, -EPIPE, "the old process is gone");
 		goto out_refuse;
 	}
@@ -1627,7 +1422,7 @@ static int xfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cp
 	xfer_wait_state(sock, early_fd, vm, early_buf, early_tmp, 20000);
 	if (vm->place_late)
 		cpr_place_vcpus_late(vm); /* no early message came */
-	ret = xfer_recv_msg(sock, &buf, &len, dummy, &ndummy);
+	ret = cpr_proto_recv_msg(sock, &buf, &len, dummy, &ndummy);
 	if (ret == 0)
 		vm_resume_soon(vm);
 	for (int i = 0; i < ndummy; i++)
@@ -1691,7 +1486,7 @@ out_refuse:
 	cpr_batch_end(vm);
 	cpr_unplace_main();
 	/* Tell the old side, which resumes the guest (or never stopped it). */
-	xfer_refuse(sock, why);
+	cpr_proto_refuse(sock, why);
 	for (int i = 0; i < nfds; i++)
 		close(fds[i]);
 	if (qmp) {
@@ -1838,7 +1633,7 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 				       CPRVM_VERSION_MICRO)) < 0 ||
 	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
 	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_writer_end(&b)) < 0 || (ret = xfer_send_msg(sock, &b, fds, nfds)) < 0) {
+	    (ret = stream_writer_end(&b)) < 0 || (ret = cpr_proto_send_msg(sock, &b, fds, nfds)) < 0) {
 		set_err(why, whylen, ret, "cannot send the configuration: %s", strerror(-ret));
 		goto out_fail;
 	}
@@ -1857,15 +1652,15 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 	for (int i = 0; early[0] >= 0 && i < vm->nr_vcpus; i++)
 		if (cargs[i].buf)
 			vcpu_post_at_exit(&vm->vcpus[i], ahead_fn, &cargs[i]);
-	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
+	ret = cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen);
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vcpu_cancel_at_exit(&vm->vcpus[i]);
 	if (ret < 0)
 		goto out_fail;
-	if (c == 'Q' && (cs->caps & CPR_CAP_EARLY_SECTIONS)) {
+	if (c == CPR_MSG_READY_EARLY && (cs->caps & CPR_CAP_EARLY_SECTIONS)) {
 		fin.early_sections = true;
-	} else if (c != 'P') {
-		xfer_recv_reason(sock, why, whylen);
+	} else if (c != CPR_MSG_READY) {
+		cpr_proto_recv_reason(sock, why, whylen);
 		ret = -ECANCELED;
 		goto out_fail;
 	}
@@ -1926,42 +1721,43 @@ static int xfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen
 
 		nanosleep(&nap, NULL);
 	}
-	ret = xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen);
+	ret = cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen);
 	if (ret == -ETIMEDOUT) {
 		/* The new process may still take the guest: it must be gone
 		 * before the guest can run here. */
 		char late = 0;
-		int f = xfer_fence(sock, &late);
-		if (f < 0 || (f == 1 && late == 'R')) {
+		int f = cpr_proto_fence(sock, &late);
+		if (f < 0 || (f == 1 && late == CPR_MSG_RUNNING)) {
 			set_err(why, whylen, ret, "the new process did not answer within %d ms and %s; "
 				"the guest stays stopped here (it may have run there)",
-				xfer_timeout_ms(), f < 0 ? "could not be killed" :
+				cpr_proto_timeout_ms(), f < 0 ? "could not be killed" :
 				"was killed after taking the guest");
 			vm->state = RUN_STATE_PAUSED;
 			stopped = false; /* never resume it */
 			goto out_fail;
 		}
-		if (f == 1 && late == 'F')
-			xfer_recv_reason(sock, why, whylen);
+		if (f == 1 && late == CPR_MSG_REFUSED)
+			cpr_proto_recv_reason(sock, why, whylen);
 		else
 			snprintf(why, whylen, "the new process did not answer within %d ms; "
-				 "it was killed", xfer_timeout_ms());
+				 "it was killed", cpr_proto_timeout_ms());
 		ret = -ETIMEDOUT;
 		goto out_fail;
 	}
 	if (ret < 0)
 		goto out_fail;
-	if (c != 'R') {
-		xfer_recv_reason(sock, why, whylen);
+	if (c != CPR_MSG_RUNNING) {
+		cpr_proto_recv_reason(sock, why, whylen);
 		ret = -ECANCELED;
 		goto out_fail;
 	}
 	/* 'R': from here on only the new side runs the guest. */
 	trace_mark("got-R");
 	vcpu_all_step_aside(vm);
-	send(sock, "G", 1, MSG_NOSIGNAL);
+	cpr_proto_send(sock, CPR_MSG_GO);
 	vm_emit_stop(vm);
-	if (xfer_wait_byte(sock, live ? -1 : xfer_timeout_ms(), &c, why, whylen) < 0 || c != 'K')
+	if (cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen) < 0 ||
+	    c != CPR_MSG_KEPT)
 		pr_warn("live update: no confirmation from the new process (%s)", why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(mono_ns() - cs->stop_ns) / 1000;
@@ -2061,7 +1857,7 @@ static void keeper_serve(struct vm *vm, int sock)
 			 * image was told, and ends; so do we. */
 			break;
 		}
-		if (read(sock, &c, 1) != 1 || c != 'H') {
+		if (read(sock, &c, 1) != 1 || c != CPR_MSG_HELLO) {
 			pr_err("cpr-exec: the process is gone; the guest stops");
 			break;
 		}
@@ -2089,14 +1885,14 @@ static int keeper_live_main(void *p)
 			break;
 		}
 	}
-	if (n == 1 && c == 'A')
+	if (n == 1 && c == CPR_MSG_ABORT)
 		syscall(SYS_exit, 0);
 	/* The main thread is gone from this address space: all ours now. The
 	 * new image has its own copy of its end: this one goes, or its death
 	 * would never show as EOF. */
 	close(a.other);
 	close(a.pidfd);
-	if (n == 1 && c == 'H')
+	if (n == 1 && c == CPR_MSG_HELLO)
 		keeper_serve(a.vm, a.sock);
 	else
 		vcpu_runners_end(a.vm);
@@ -2161,7 +1957,7 @@ static int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd
 	unsetenv(CPR_ENV_LIVE);
 	vcpu_runners_stop(vm);
 out_keeper:
-	if (write(sv[1], "A", 1) != 1)
+	if (cpr_proto_send(sv[1], CPR_MSG_ABORT) < 0)
 		pr_warn("cpr-exec: cannot release the keeper");
 	waitpid(keeper, NULL, 0);
 out:
@@ -2200,7 +1996,7 @@ static int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm
 		cpr_batch = sched_getscheduler(0) == SCHED_BATCH;
 	}
 	signal(SIGCHLD, SIG_IGN); /* the keeper and the runners reap themselves */
-	if (send(sock, "H", 1, MSG_NOSIGNAL) != 1) {
+	if (cpr_proto_send(sock, CPR_MSG_HELLO) < 0) {
 		ret = set_err(err, errlen, -EPIPE, "live update: the old image is gone");
 		goto out;
 	}
