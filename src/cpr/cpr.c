@@ -45,6 +45,7 @@
 #include "qmp/qmp.h"
 #include "state/state.h"
 #include "vm/vm_priv.h"
+#include "x86/pagewalk.h"
 
 #define CPR_ARGV_MAX 8192
 #define KEEPER_STACK (64 * 1024)
@@ -536,41 +537,28 @@ static void cpr_warm_heap(int nr_cpus)
  * (~50 us before its first guest page fault here); done before "ready" it
  * lengthened the blackout by as much as it saved. 4-level long mode only;
  * anything odd ends the walk. */
+static void populate_write(void *page, void *arg)
+{
+	(void)arg;
+	madvise(page, 4096, MADV_POPULATE_WRITE);
+}
+
 static void guest_prefault_path(struct vm *vm, uint64_t cr3, uint64_t va)
 {
-	uint64_t table = cr3 & 0x000ffffffffff000ull;
+	uint64_t gpa;
+	void *page;
 
-	for (int level = 4; level >= 1; level--) {
-		uint64_t *pt = mem_gpa_to_hva(&vm->mem, table, 4096);
-		uint64_t e;
-
-		if (!pt)
-			return;
-		madvise(pt, 4096, MADV_POPULATE_WRITE);
-		e = pt[(va >> (12 + 9 * (level - 1))) & 511];
-		if (!(e & 1))
-			return;
-		if (level > 1 && level < 4 && (e & 0x80)) { /* a 1 GiB or 2 MiB page */
-			uint64_t size = 1ull << (12 + 9 * (level - 1));
-
-			table = (e & 0x000ffffffffff000ull & ~(size - 1)) + (va & (size - 1));
-			break;
-		}
-		table = e & 0x000ffffffffff000ull;
-		if (level == 1)
-			table += va & 0xfff;
-	}
-	void *page = mem_gpa_to_hva(&vm->mem, table & ~0xfffull, 4096);
-
+	if (x86_walk(&vm->mem, cr3, va, populate_write, NULL, &gpa) < 0)
+		return;
+	page = mem_gpa_to_hva(&vm->mem, gpa & ~0xfffull, 4096);
 	if (page)
-		madvise(page, 4096, MADV_POPULATE_WRITE);
+		populate_write(page, NULL);
 }
 
 static void guest_prefault(struct vm *vm, const struct vcpu_state *s)
 {
-	if (!(s->sregs.efer & (1u << 10)) || !(s->sregs.cr0 & (1u << 31)) ||
-	    (s->sregs.cr4 & (1u << 12)))
-		return; /* not 4-level long mode */
+	if (!x86_paging_4level(s->sregs.cr0, s->sregs.cr4, s->sregs.efer))
+		return;
 	guest_prefault_path(vm, s->sregs.cr3, s->regs.rip);
 	guest_prefault_path(vm, s->sregs.cr3, s->regs.rsp);
 }
