@@ -14,7 +14,8 @@
  * which takes the guest the same way and reports the failure: the guest
  * never stops for good.
  *
- * cpr-transfer: a second process; see cpr.c for the protocol. */
+ * cpr-transfer: a second process; cpr/proto.h has the protocol, and
+ * cpr/cpr_priv.h lists the files that implement both modes. */
 #ifndef CPRVM_CPR_H
 #define CPRVM_CPR_H
 
@@ -25,8 +26,8 @@
 
 #define CPR_ENV_STATE "CPRVM_CPR_STATE"
 #define CPR_ENV_ROLLBACK "CPRVM_CPR_ROLLBACK"
-#define CPR_ENV_LIVE "CPRVM_CPR_LIVE" /* "SOCK,EXEFD": live cpr-exec (cpr.c) */
-/* Set when the old image made the exec SCHED_BATCH (cpr.c, "batch"). */
+#define CPR_ENV_LIVE "CPRVM_CPR_LIVE" /* "SOCK,EXEFD": live cpr-exec (exec_live.c) */
+/* Set when the old image made the exec SCHED_BATCH (place.c). */
 #define CPR_ENV_BATCH "CPRVM_CPR_BATCH"
 
 struct vm;

@@ -593,7 +593,7 @@ out_free:
 struct apply_job {
 	const struct vcpu_state *s;
 	bool same_host;
-	bool done; /* the early state set all of it (cpr.c, "Early state") */
+	bool done; /* the early state set all of it (early.c) */
 };
 
 static int apply_job_fn(struct vcpu *v, void *arg)

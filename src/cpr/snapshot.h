@@ -74,7 +74,7 @@ struct snapshot {
 void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode);
 /* Sections vcpu/N, irqchip, pit, clock, serial/0 (VM paused). The vCPUs'
  * state is read now, or was (captured: one per vCPU). early_sections (a
- * live update's new side has the early messages, cpr.c "Early state"): a
+ * live update's new side has the early messages, cpr/early.c): a
  * captured vCPU goes as "vcpu-early/N" instead, where it can. */
 int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state *captured,
 			 bool early_sections);

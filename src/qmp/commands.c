@@ -176,7 +176,7 @@ static void qmp_cpr_transfer_after_reply(struct qmp_server *s, void *opaque)
 		return;
 	}
 	/* The guest runs in the new process, which owns the sockets now. This
-	 * one stays SCHED_BATCH (cpr.c, "Batch"): its teardown never preempts
+	 * one stays SCHED_BATCH (cpr/place.c): its teardown never preempts
 	 * the guest's vCPUs, yet gets its share of a CPU. Not SCHED_IDLE: with
 	 * the guest busy on every CPU an idle task hardly runs, and the old
 	 * process lingered for 10-60 s, its memory held. */

@@ -1,0 +1,316 @@
+/* exec.c — cpr-exec: the same process exec()s a new cprvm binary, every fd
+ * that carries state kept open. A running guest goes through exec_live.c;
+ * this file is the stopped-first way, for a paused guest (or when the
+ * tests ask for it), and the way back to the previous binary that both use.
+ *
+ * Ordering rules on the way out, stopped-first:
+ *   1. stop the vCPUs (vm_pause completes any pending I/O exit, vcpu.c);
+ *   2. capture all state into memory, then into a memfd: nothing after
+ *      this point may change guest-visible state;
+ *   3. start the keeper (it copies the fd table: the old VM fd stays open
+ *      in it, so execve() neither tears the VM down nor unmaps guest RAM);
+ *   4. clear FD_CLOEXEC on exactly the registry's fds, then execve().
+ * Any failure before execve() returns undoes 3 and 4 and resumes.
+ * On the way in, the new image takes everything over (takeover.c); if it
+ * cannot, it exec()s the previous binary with the same state, which takes
+ * the guest back the same way and reports the failure. */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cpr/cpr_priv.h"
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "qmp/qmp.h"
+
+#define KEEPER_STACK (64 * 1024)
+
+/* The keeper shares the old mm (CLONE_VM) and owns a copy of the old fd
+ * table. It waits for EOF on a pipe whose write end the new image holds,
+ * then exits: the old VM and address space die there, after the guest runs
+ * again, off the critical path. Raw syscalls only: it runs on a borrowed
+ * stack in an address space another process is about to leave. */
+struct keeper_arg {
+	int rfd, wfd;
+};
+
+static int keeper_main(void *p)
+{
+	struct keeper_arg *a = p;
+	char c;
+
+	struct sched_param sp = { 0 };
+
+	syscall(SYS_close, a->wfd);
+	while (syscall(SYS_read, a->rfd, &c, 1) < 0)
+		;
+	syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &sp); /* see sched_idle_self */
+	syscall(SYS_exit, 0);
+	return 0;
+}
+
+static int cpr_write_memfd(const struct sbuf *b)
+{
+	int fd = memfd_create("cprvm-cpr-state", 0);
+
+	if (fd < 0)
+		return -errno;
+	for (size_t off = 0; off < b->len;) {
+		ssize_t n = write(fd, b->data + off, b->len - off);
+		if (n < 0) {
+			int ret = -errno;
+			close(fd);
+			return ret;
+		}
+		off += n;
+	}
+	lseek(fd, 0, SEEK_SET);
+	return fd;
+}
+
+int cpr_exec(struct vm *vm, char *err, size_t errlen)
+{
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	struct sbuf b = SBUF_INIT;
+	struct keeper_arg ka;
+	char envval[32], **argv;
+	void *kstack = MAP_FAILED;
+	int pipefd[2] = { -1, -1 }, memfd = -1, exefd = -1, ret;
+	pid_t keeper = -1;
+
+	if (!cs || !ho) {
+		ret = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out_free;
+	}
+	if (vm->mem.private_map) {
+		snprintf(err, errlen, "cpr-exec: guest RAM is a private copy of a snapshot, "
+				      "not a shareable fd");
+		ret = -EINVAL;
+		goto out_free;
+	}
+	argv = cpr_image.exec_argv ? cpr_image.exec_argv : cpr_image.argv;
+	if (!cpr_image.exec_argv && !cpr_image.exe[0]) {
+		snprintf(err, errlen, "cpr-exec: cannot tell which binary this is");
+		ret = -ENOENT;
+		goto out_free;
+	}
+	/* An fd to this binary: the way back if the new one cannot take over. */
+	exefd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+	if (vm->state == RUN_STATE_RUNNING && !getenv("CPRVM_TEST_NO_LIVE_EXEC")) {
+		/* The guest runs through the exec (exec_live.c). */
+		ret = cpr_exec_live(vm, cpr_image.exec_argv ? argv[0] : cpr_image.exe, argv, exefd, err,
+				    errlen);
+		goto out_free;
+	}
+
+	cs->stop_ns = mono_ns();
+	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
+	ret = vm_pause(vm);
+	if (ret < 0) {
+		snprintf(err, errlen, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
+		goto out_free;
+	}
+	cs->paused_ns = mono_ns();
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cpr-exec: pipe: %s", strerror(-ret));
+		goto out_resume;
+	}
+	cpr_put_prev_argv(cs);
+	chardev_set_frozen(vm->serial_chr, true);
+	chardev_export(vm->serial_chr, ho);
+	if ((ret = cpr_add_fd(cs, "ram", vm->mem.fd)) < 0 ||
+	    (ret = cpr_add_fd(cs, "qmp", cpr_image.qmp_fd)) < 0 ||
+	    (ret = cpr_add_fd(cs, "serial0-listen", ho->listen_fd)) < 0 ||
+	    (ret = cpr_add_fd(cs, "serial0-conn", ho->conn_fd)) < 0 ||
+	    (ret = cpr_add_fd(cs, "keeper", pipefd[1])) < 0 ||
+	    (ret = cpr_add_fd(cs, "prev-exe", exefd)) < 0) {
+		snprintf(err, errlen, "cpr-exec: fd registry full");
+		goto out_resume;
+	}
+
+	/* Keeper first: its pid goes into the state. */
+	kstack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (kstack == MAP_FAILED) {
+		ret = -errno;
+		snprintf(err, errlen, "cpr-exec: keeper stack: %s", strerror(-ret));
+		goto out_resume;
+	}
+	ka.rfd = pipefd[0];
+	ka.wfd = pipefd[1];
+	keeper = clone(keeper_main, (char *)kstack + KEEPER_STACK, CLONE_VM | SIGCHLD, &ka);
+	if (keeper < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cpr-exec: keeper: %s", strerror(-ret));
+		goto out_resume;
+	}
+	cs->keeper_pid = keeper;
+	/* Stamped before the device state is read (the stamp itself travels in
+	 * that state): "prepare" ends here, "handover" covers reading the
+	 * state, the exec and the new image's start-up. */
+	cs->captured_ns = mono_ns();
+
+	ret = cpr_build_stream(vm, ho, cs, NULL, false, &b);
+	if (ret < 0) {
+		snprintf(err, errlen, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
+		goto out_resume;
+	}
+	memfd = cpr_write_memfd(&b);
+	if (memfd < 0) {
+		ret = memfd;
+		snprintf(err, errlen, "cpr-exec: state memfd: %s", strerror(-ret));
+		goto out_resume;
+	}
+	snprintf(envval, sizeof(envval), "%d", memfd);
+	setenv(CPR_ENV_STATE, envval, 1);
+	unsetenv(CPR_ENV_ROLLBACK);
+	cpr_set_cloexec(cs, false);
+	pr_info("cpr-exec: %s", cpr_image.exec_argv ? argv[0] : cpr_image.exe);
+	execv(cpr_image.exec_argv ? argv[0] : cpr_image.exe, argv);
+
+	/* Still here: the exec failed, and this image carries on. */
+	ret = -errno;
+	snprintf(err, errlen, "cpr-exec: cannot execute '%s': %s",
+		 cpr_image.exec_argv ? argv[0] : cpr_image.exe, strerror(-ret));
+	cpr_set_cloexec(cs, true);
+	unsetenv(CPR_ENV_STATE);
+out_resume:
+	if (memfd >= 0)
+		close(memfd);
+	if (pipefd[1] >= 0)
+		close(pipefd[1]); /* the keeper sees EOF and exits */
+	if (pipefd[0] >= 0)
+		close(pipefd[0]);
+	if (keeper > 0)
+		waitpid(keeper, NULL, 0);
+	if (kstack != MAP_FAILED)
+		munmap(kstack, KEEPER_STACK);
+	chardev_set_frozen(vm->serial_chr, false);
+	vm_resume(vm);
+out_free:
+	if (exefd >= 0)
+		close(exefd);
+	sbuf_free(&b);
+	free(ho);
+	free(cs);
+	return ret;
+}
+
+bool cpr_incoming_pending(void)
+{
+	return getenv(CPR_ENV_STATE) != NULL || getenv(CPR_ENV_LIVE) != NULL;
+}
+
+/* Exec()s the previous binary (exefd) with its argv from the registry and
+ * the reason in CPRVM_CPR_ROLLBACK; the caller has put the way to the guest
+ * in the environment. Returns only on failure. */
+void cpr_exec_prev(const struct cpr_state *cs, int exefd, const char *why)
+{
+	char *argv[256];
+	size_t off = 0;
+	int argc = 0;
+
+	while (off < cs->prev_argv_len && argc < 255) {
+		argv[argc++] = (char *)cs->prev_argv + off;
+		off += strnlen(cs->prev_argv + off, cs->prev_argv_len - off) + 1;
+	}
+	argv[argc] = NULL;
+	pr_err("live update failed: %s; going back to the previous binary", why);
+	setenv(CPR_ENV_ROLLBACK, why, 1);
+	fcntl(exefd, F_SETFD, 0);
+	syscall(SYS_execveat, exefd, "", argv, environ, AT_EMPTY_PATH);
+	pr_err("cannot go back to the previous binary: %s", strerror(errno));
+}
+
+/* Stopped-first cpr-exec: gives everything back to the previous binary.
+ * Returns only on failure. */
+static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
+{
+	char envval[32];
+	int exefd = cpr_find_fd(cs, "prev-exe");
+
+	if (exefd < 0 || getenv(CPR_ENV_ROLLBACK) || !cs->prev_argv_len)
+		return; /* no way back, or already on it */
+	lseek(memfd, 0, SEEK_SET);
+	snprintf(envval, sizeof(envval), "%d", memfd);
+	setenv(CPR_ENV_STATE, envval, 1);
+	cpr_set_cloexec(cs, false);
+	fcntl(memfd, F_SETFD, 0);
+	cpr_exec_prev(cs, exefd, why);
+}
+
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
+		 struct qmp_server **qmp_out, char *err, size_t errlen)
+{
+	const char *rollback = getenv(CPR_ENV_ROLLBACK);
+	int memfd, ret;
+	struct stream_index idx = { 0 };
+	struct snapshot snap = { .fd = -1 };
+	struct cpr_state *cs = calloc(1, sizeof(*cs));
+	struct qmp_server *qmp = NULL;
+	struct vm *vm = NULL;
+	uint64_t t_adopt = mono_ns(), t_built;
+	char why[480] = "";
+	uint8_t *buf = NULL;
+	bool have_idx = false;
+	struct stat st;
+
+	if (getenv(CPR_ENV_LIVE)) {
+		free(cs);
+		return cpr_incoming_live(cfg, loop, vm_out, qmp_out, err, errlen);
+	}
+	memfd = atoi(getenv(CPR_ENV_STATE));
+	unsetenv(CPR_ENV_STATE);
+	if (!cs || fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
+	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
+		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
+		free(buf);
+		free(cs);
+		return -EINVAL;
+	}
+	fcntl(memfd, F_SETFD, FD_CLOEXEC);
+	chardev_keep_socket_files = true;
+	/* The registry first: without it there is no way back. */
+	ret = cpr_load_registry(buf, st.st_size, cs, NULL, 0, why, sizeof(why));
+	if (ret < 0) {
+		snprintf(err, errlen, "live update: unusable state: %s", why);
+		goto out;
+	}
+	ret = snapshot_load_stream(buf, st.st_size, cfg, true, &snap, &idx, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	have_idx = true;
+	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	t_built = mono_ns();
+	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, false, NULL, &qmp, why, sizeof(why));
+	if (ret < 0)
+		goto out_rollback;
+	cpr_done(vm, cs, t_adopt, t_built, mono_ns(), rollback);
+	close(memfd);
+	*vm_out = vm;
+	*qmp_out = qmp;
+	goto out;
+out_rollback:
+	snprintf(err, errlen, "live update: %s", why);
+	cpr_rollback(cs, memfd, why);
+out:
+	if (have_idx)
+		stream_index_free(&idx);
+	free(snap.vcpus);
+	free(buf);
+	free(cs);
+	return ret;
+}
