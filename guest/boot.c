@@ -334,7 +334,7 @@ void boot_read_acpi(void)
  * 5). Each port access is a VM exit; taking midpoints of the rdtsc reads around
  * the accesses that start and end the interval keeps the error to a fraction of
  * one exit (~0.2%). A host-side stall inside the interval would inflate the
- * result (seen: 2x), so a run whose largest step between two TSC reads exceeds
+ * result (up to double), so a run whose largest step between two TSC reads exceeds
  * 1/40 of the interval is rejected; the result is the median of good runs.
  */
 static u64 pit_run(bool *clean)

@@ -54,7 +54,7 @@ static void serial_wait_thre(struct pcpu *p)
 
 /*
  * One THRE check per 16 bytes, then plain `outb`s: KVM does not batch
- * `rep outsb` (measured: 16 exits, same as 16 outb), and single writes let the
+ * `rep outsb` (16 bytes are 16 exits either way), and single writes let the
  * stall probe tick between exits instead of seeing a whole line as one gap.
  */
 void serial_tx(const char *s, size_t n, struct pcpu *p)

@@ -1,7 +1,7 @@
 /* sock.h — unix listening sockets that are listening as soon as their path
  * exists. bind() creates the socket file and listen() comes after it; a
- * client that sees the file in between and connects gets ECONNREFUSED (seen
- * in CI: a test waited for the QMP socket to appear, then was refused). So
+ * client that sees the file in between and connects gets ECONNREFUSED (a
+ * client that waits for the QMP socket to appear would be refused). So
  * the socket is bound under a temporary name next to PATH and renamed onto
  * PATH once it listens. */
 #ifndef CPRVM_SOCK_H

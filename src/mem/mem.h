@@ -39,8 +39,8 @@ int mem_open_private(struct guest_mem *m, int fd, uint64_t offset, uint64_t size
  * is what --mem-path said, or NULL for a memfd. */
 int mem_adopt(struct guest_mem *m, int fd, uint64_t size, const char *path, char *err,
 	      size_t errlen);
-/* Registers the memslots with KVM (do it before KVM_CREATE_IRQCHIP: see
- * MEASURED.md, a memslot added afterwards costs ~6.5 ms more). */
+/* Registers the memslots with KVM (do it before KVM_CREATE_IRQCHIP: a
+ * memslot added afterwards costs KVM milliseconds more). */
 int mem_register(struct guest_mem *m, int vmfd);
 /* Removes the memslots (before replacing guest RAM; no vCPU may run). */
 void mem_unregister(struct guest_mem *m, int vmfd);

@@ -38,8 +38,8 @@ static void vcpu_kick_handler(int sig)
 /* The kick stays blocked on the task that runs the vCPU, except inside
  * KVM_RUN (KVM_SET_SIGNAL_MASK): a kick then ends KVM_RUN with -EINTR and
  * stays pending, and is taken off with sigtimedwait, never delivered to a
- * handler. A handler's frame, its FPU save and sigreturn cost 12-33 us here
- * (traced), in the middle of a live update's stop. */
+ * handler: a handler's frame, its FPU save and sigreturn would add tens of
+ * microseconds to a live update's stop. */
 static int vcpu_set_run_sigmask(struct vcpu *v)
 {
 	struct {
@@ -460,14 +460,14 @@ static void vcpu_loop(struct vcpu *v, bool runner)
 			 * next step from us: KVM_RUN then returns another I/O
 			 * exit, which must be handled too, or its byte is lost.
 			 * Only after -EINTR is the vCPU's state complete. After a
-			 * kick it already is: that saves an ioctl (~15 us here)
-			 * in a live update's blackout. */
+			 * kick it already is: that saves a vCPU ioctl in a live
+			 * update's blackout. */
 			bool alive = true;
 			for (; owed;) {
 				__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 				/* The registers come back with it: the state
 				 * capture that usually follows the park needs no
-				 * KVM_RUN of its own (~15 us, vcpu_state.c). */
+				 * KVM_RUN of its own (vcpu_state.c). */
 				if (vm->have_sync_regs)
 					v->run->kvm_valid_regs = VCPU_SYNC_ALL;
 				if (ioctl(v->fd, KVM_RUN, 0) < 0) {
@@ -575,16 +575,16 @@ static void *vcpu_thread(void *arg)
  * the runners and hands the state over at the end, and ends them if the
  * process dies. If the exec fails, the runners give the vCPUs back.
  *
- * A runner ends itself if the keeper dies (a bug; seen once, an abort in
- * it): it checks on a 100 ms timer, while it runs the guest or waits,
- * rather than run a guest for no one, its RAM held, forever.
+ * A runner ends itself if the keeper dies (a bug): it checks on a 100 ms
+ * timer, while it runs the guest or waits, rather than run a guest for no
+ * one, its RAM held, forever.
  *
  * Runners exist only for an update: a process whose vCPUs run in other
  * processes would outlive a SIGKILL by as long as its address space takes
  * to tear down (its sockets with it). The price is a short stop of each
  * vCPU at the hand-over: an exit, a clone, and the runner's first turn on a
- * CPU (KVM_RUN from a new task costs only ~20 us here; on our busy 2-CPU
- * test host the scheduling sometimes makes it 1-2 ms). */
+ * CPU (KVM_RUN from a new task is cheap; waiting for a CPU on a busy host
+ * with few CPUs can take milliseconds). */
 #define RUNNER_STACK (1024 * 1024)
 
 static int vcpu_runner_main(void *arg)
@@ -795,15 +795,16 @@ void vcpu_all_step_aside(struct vm *vm)
 
 		if (tid <= 0)
 			continue;
-		/* A runner's end holds a CPU ~2 ms here (a thread's is short):
-		 * SCHED_IDLE, which it goes to at its end anyway, so that any
-		 * task woken meanwhile takes its CPU, not the guest's. */
+		/* A runner's end tears down the old address space and holds a
+		 * CPU for milliseconds (a thread's is short): SCHED_IDLE, which
+		 * it goes to at its end anyway, so that any task woken meanwhile
+		 * takes its CPU, not the guest's. */
 		if (sched_getscheduler(tid) == SCHED_OTHER)
 			sched_setscheduler(tid, runner ? SCHED_IDLE : SCHED_BATCH, &sp);
 		/* Woken to end next to the new side's vCPU thread, placed on
 		 * the CPU this task ran the guest on before the stop (cpr.c,
-		 * "Placement"), it would take that CPU: a runner's end holds
-		 * it ~2 ms (seen with sched_switch tracing). */
+		 * "Placement"), it would take that CPU from the guest for as
+		 * long as its end takes. */
 		if (cpu >= 0 && cpu < CPU_SETSIZE &&
 		    sched_getaffinity(tid, sizeof(set), &set) == 0 && CPU_ISSET(cpu, &set) &&
 		    CPU_COUNT(&set) > 1) {

@@ -101,7 +101,7 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 	/* Some listed MSRs cannot be read on every host (this one rejects a
 	 * few): keep those a single KVM_GET_MSRS can read. KVM_GET_MSRS stops
 	 * at the first MSR it cannot read and returns how many it read, so
-	 * one call per unreadable MSR does (one per MSR took ~0.4 ms). */
+	 * one call per unreadable MSR does, rather than one per MSR. */
 	for (uint32_t i = 0; i < list->nmsrs;) {
 		int got;
 
@@ -435,8 +435,8 @@ int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_hos
 }
 
 /* --- on the vCPU's own thread ----------------------------------------------------
- * Each vCPU ioctl costs ~11 us on this host (loading and putting the vCPU),
- * more from a CPU the vCPU did not last run on. KVM_RUN can carry
+ * Each vCPU ioctl pays for loading and putting the vCPU, whatever it does,
+ * and more from a CPU the vCPU did not last run on. KVM_RUN can carry
  * registers, special registers and events both ways in kvm_run
  * (KVM_CAP_SYNC_REGS): one ioctl in place of three. */
 
@@ -620,8 +620,9 @@ static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s
  * fresh vCPU's, then registers, special registers and events through
  * kvm_run. A job on the vCPU's thread, or (vm->early_regs_here) straight
  * from the thread that took the part: a KVM_RUN from a thread other than
- * the vCPU's costs ~1 us more here, and the vCPU's next KVM_RUN, back on
- * its own thread and CPU, ~1.5 us more (measured). */
+ * the vCPU's costs a little more, and so does the vCPU's next KVM_RUN,
+ * back on its own thread and CPU: less than waiting for the vCPU's thread
+ * to get a CPU for a job. */
 static int early_regs_job(struct vcpu *v, void *arg)
 {
 	struct vcpu_state *e = v->early;
