@@ -15,12 +15,20 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "lib/loop.h"
-#include "vm/config.h"
 
 #define CHARDEV_OUTBUF_MAX (64 * 1024)
+
+enum chardev_kind { CHARDEV_STDIO, CHARDEV_NONE, CHARDEV_FILE, CHARDEV_PTY, CHARDEV_UNIX };
+
+/* Which backend, and its path where it has one. */
+struct chardev_spec {
+	enum chardev_kind kind;
+	char path[108]; /* file:PATH, unix:PATH (fits sockaddr_un.sun_path) */
+};
 
 struct chardev;
 

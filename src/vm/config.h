@@ -7,19 +7,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dev/chardev.h"
+
 #define CPRVM_DEFAULT_MEM (512ULL << 20)
 #define CPRVM_MIN_MEM (2ULL << 20)
 #define CPRVM_MAX_CPUS 64
 #define CPRVM_MAX_CMDLINE 4095
-
-enum chardev_kind { CHARDEV_STDIO, CHARDEV_NONE, CHARDEV_FILE, CHARDEV_PTY, CHARDEV_UNIX };
-
-struct chardev_spec {
-	enum chardev_kind kind;
-	char path[108]; /* file:PATH, unix:PATH (fits sockaddr_un.sun_path) */
-};
-
-struct chardev_handover;
 
 struct vm_config {
 	const char *kernel;
