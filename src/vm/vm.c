@@ -24,6 +24,7 @@
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
 #include "x86/acpi.h"
+#include "x86/boot.h"
 #include "x86/pvh.h"
 
 static const char *const run_state_names[] = {
@@ -693,7 +694,8 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	/* The MSR list is probed at the first save (vcpu_msr_list_ensure), or
 	 * by a live update's new side before the stop: a few ioctls that a
 	 * boot or restore need not pay. */
-	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(&vm->vcpus[0], vm->entry, PVH_START_INFO_GPA);
+	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(vm->vcpus[0].fd, vm->entry,
+						       PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
 		goto out_free;

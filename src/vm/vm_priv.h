@@ -250,6 +250,5 @@ void vcpu_describe(struct vcpu *v, char *buf, size_t len);
 int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out);
 int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *supported, int nr_cpus,
 		     uint32_t tsc_khz);
-int x86_setup_boot_vcpu(struct vcpu *v, uint32_t entry, uint32_t start_info);
 
 #endif

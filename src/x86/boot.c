@@ -1,10 +1,10 @@
-/* boot.c — the boot vCPU's state at the PVH entry: 32-bit protected mode,
- * paging off, flat 4 GiB segments, EBX = hvm_start_info (Xen's PVH ABI).
- * Other vCPUs keep KVM's reset state and wait for INIT/SIPI in the kernel. */
+/* boot.c — see boot.h. Only the boot vCPU is set: the others keep KVM's
+ * reset state and wait for INIT/SIPI in the kernel. */
 #include <errno.h>
+#include <linux/kvm.h>
 #include <sys/ioctl.h>
 
-#include "vm/vm_priv.h"
+#include "x86/boot.h"
 
 static void flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 {
@@ -14,12 +14,12 @@ static void flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 	};
 }
 
-int x86_setup_boot_vcpu(struct vcpu *v, uint32_t entry, uint32_t start_info)
+int x86_setup_boot_vcpu(int vcpu_fd, uint32_t entry, uint32_t start_info)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = { 0 };
 
-	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
+	if (ioctl(vcpu_fd, KVM_GET_SREGS, &sregs) < 0)
 		return -errno;
 	flat_seg(&sregs.cs, 0x10, 0xb); /* execute/read, accessed */
 	flat_seg(&sregs.ds, 0x18, 0x3); /* read/write, accessed */
@@ -27,12 +27,12 @@ int x86_setup_boot_vcpu(struct vcpu *v, uint32_t entry, uint32_t start_info)
 	sregs.cr0 = 0x11; /* PE | ET */
 	sregs.cr4 = 0;
 	sregs.efer = 0;
-	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
+	if (ioctl(vcpu_fd, KVM_SET_SREGS, &sregs) < 0)
 		return -errno;
 	regs.rip = entry;
 	regs.rbx = start_info;
 	regs.rflags = 0x2;
-	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
+	if (ioctl(vcpu_fd, KVM_SET_REGS, &regs) < 0)
 		return -errno;
 	return 0;
 }
