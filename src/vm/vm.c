@@ -25,6 +25,7 @@
 #include "vm/vm_priv.h"
 #include "x86/acpi.h"
 #include "x86/boot.h"
+#include "x86/cpuid.h"
 #include "x86/pvh.h"
 
 static const char *const run_state_names[] = {
@@ -676,7 +677,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 			tsc = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
 			vm->tsc_khz = tsc > 0 ? tsc : 0;
 		}
-		ret = cpuid_setup_vcpu(v, vm->cpuid, cfg->nr_cpus, vm->tsc_khz);
+		ret = cpuid_setup_vcpu(v->fd, v->id, vm->cpuid, cfg->nr_cpus, vm->tsc_khz);
 		if (ret < 0) {
 			vm_fail(err, errlen, ret, "KVM_SET_CPUID2");
 			goto out_free;

@@ -247,8 +247,4 @@ void vcpu_all_step_aside(struct vm *vm);
 /* Writes a one-line register dump for error reports. */
 void vcpu_describe(struct vcpu *v, char *buf, size_t len);
 
-int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out);
-int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *supported, int nr_cpus,
-		     uint32_t tsc_khz);
-
 #endif

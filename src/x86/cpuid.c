@@ -1,13 +1,12 @@
-/* cpuid.c — the guest's CPUID: what KVM supports (KVM_GET_SUPPORTED_CPUID),
- * with the topology fields set per vCPU, and the hypervisor timing leaf
- * 0x40000010 (EAX = TSC kHz, EBX = APIC bus kHz) so guests need not
- * calibrate the TSC against the PIT. */
+/* cpuid.c — see cpuid.h. */
 #include <errno.h>
+#include <linux/kvm.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 
-#include "vm/vm_priv.h"
+#include "x86/cpuid.h"
 
 #define CPUID_MAX_ENTRIES 256
 
@@ -34,7 +33,7 @@ int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out)
 	}
 }
 
-int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *sup, int nr_cpus,
+int cpuid_setup_vcpu(int vcpu_fd, int vcpu_id, const struct kvm_cpuid2 *sup, int nr_cpus,
 		     uint32_t tsc_khz)
 {
 	struct kvm_cpuid2 *c;
@@ -52,7 +51,7 @@ int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *sup, int nr_cpus,
 		switch (e->function) {
 		case 1:
 			/* Initial APIC ID, logical processor count, HTT. */
-			e->ebx = (e->ebx & 0x0000ffff) | ((uint32_t)v->id << 24) |
+			e->ebx = (e->ebx & 0x0000ffff) | ((uint32_t)vcpu_id << 24) |
 				 ((uint32_t)(nr_cpus > 255 ? 255 : nr_cpus) << 16);
 			if (nr_cpus > 1)
 				e->edx |= 1u << 28;
@@ -60,7 +59,7 @@ int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *sup, int nr_cpus,
 			break;
 		case 0xb:
 		case 0x1f:
-			e->edx = v->id; /* x2APIC ID */
+			e->edx = vcpu_id; /* x2APIC ID */
 			break;
 		case 0x40000000:
 			if (e->eax < 0x40000010)
@@ -80,7 +79,7 @@ int cpuid_setup_vcpu(struct vcpu *v, const struct kvm_cpuid2 *sup, int nr_cpus,
 		e->eax = tsc_khz;
 		e->ebx = 1000000;
 	}
-	if (ioctl(v->fd, KVM_SET_CPUID2, c) < 0)
+	if (ioctl(vcpu_fd, KVM_SET_CPUID2, c) < 0)
 		ret = -errno;
 	free(c);
 	return ret;
