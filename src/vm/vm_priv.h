@@ -9,11 +9,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "cpr/migrate.h"
 #include "dev/chardev.h"
 #include "dev/serial.h"
 #include "lib/loop.h"
 #include "mem/mem.h"
+#include "vm/migration.h"
 #include "vm/vm.h"
 
 /* What KVM_RUN carries in kvm_run both ways (KVM_CAP_SYNC_REGS). */
