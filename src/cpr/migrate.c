@@ -60,3 +60,43 @@ out_fail:
 		vm_resume(vm);
 	return ret;
 }
+
+int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
+{
+	struct vm_config cfg = vm->cfg;
+	struct snapshot *snap = NULL;
+	int ret;
+
+	if (vm->state != RUN_STATE_INMIGRATE) {
+		snprintf(err, errlen, "the VM is not waiting for incoming state (state '%s')",
+			 vm_run_state_name(vm->state));
+		return -EINVAL;
+	}
+	if (strncmp(uri, "file:", 5) || !uri[5]) {
+		snprintf(err, errlen, "incoming URI '%s' is not supported yet (use file:PATH)", uri);
+		return -ENOTSUP;
+	}
+	cfg.restore_ram_fd = -1;
+	ret = snapshot_open(uri + 5, &cfg, &snap, err, errlen);
+	if (ret < 0)
+		return ret;
+	/* A full snapshot brings its own RAM: swap it in. The vCPUs have
+	 * never run, so the memslots may change. */
+	if (cfg.restore_ram_fd >= 0) {
+		ret = vm_replace_ram(vm, cfg.restore_ram_fd, cfg.restore_ram_off, cfg.mem_size,
+				     err, errlen);
+		if (ret < 0)
+			goto out;
+	}
+	ret = snapshot_apply(snap, vm, false, false, err, errlen);
+	if (ret < 0)
+		goto out;
+	ret = vm_start(vm);
+	if (ret < 0)
+		snprintf(err, errlen, "cannot start vCPUs: %s", strerror(-ret));
+	else
+		vm_emit(vm, "RESUME", NULL);
+out:
+	snapshot_free(snap);
+	return ret;
+}

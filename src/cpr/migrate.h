@@ -13,5 +13,9 @@ struct vm;
 /* Outgoing: stops the VM, writes the state, leaves it paused (postmigrate).
  * On failure the VM runs again as it was. */
 int migrate_start(struct vm *vm, const char *uri, char *err, size_t errlen);
+/* Incoming (--incoming defer, QMP migrate-incoming): loads a snapshot
+ * (file:PATH) into a VM waiting in state inmigrate and starts the guest; on
+ * failure the VM stays as it was, waiting. */
+int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen);
 
 #endif

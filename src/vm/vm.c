@@ -15,7 +15,6 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "cpr/snapshot.h"
 #include "dev/pm.h"
 #include "lib/clock.h"
 #include "lib/fault.h"
@@ -56,7 +55,7 @@ void vm_set_event_sink(struct vm *vm, vm_event_fn fn, void *opaque)
 	vm->event_opaque = opaque;
 }
 
-static void vm_emit(struct vm *vm, const char *event, const char *data_json)
+void vm_emit(struct vm *vm, const char *event, const char *data_json)
 {
 	if (vm->event_fn)
 		vm->event_fn(vm->event_opaque, event, data_json);
@@ -365,56 +364,27 @@ void vm_set_inmigrate(struct vm *vm)
 	vm->state = RUN_STATE_INMIGRATE;
 }
 
-int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
+int vm_replace_ram(struct vm *vm, int fd, uint64_t off, uint64_t size, char *err,
+		   size_t errlen)
 {
-	struct vm_config cfg = vm->cfg;
-	struct snapshot *snap = NULL;
 	struct guest_mem mem;
 	int ret;
 
-	if (vm->state != RUN_STATE_INMIGRATE) {
-		snprintf(err, errlen, "the VM is not waiting for incoming state (state '%s')",
-			 vm_run_state_name(vm->state));
-		return -EINVAL;
-	}
-	if (strncmp(uri, "file:", 5) || !uri[5]) {
-		snprintf(err, errlen, "incoming URI '%s' is not supported yet (use file:PATH)", uri);
-		return -ENOTSUP;
-	}
-	cfg.restore_ram_fd = -1;
-	ret = snapshot_open(uri + 5, &cfg, &snap, err, errlen);
+	ret = mem_open_private(&mem, fd, off, size, err, errlen);
 	if (ret < 0)
 		return ret;
-	if (cfg.restore_ram_fd >= 0) {
-		/* A full snapshot brings its own RAM: swap it in. The vCPUs
-		 * have never run, so the memslots may change. */
-		ret = mem_open_private(&mem, cfg.restore_ram_fd, cfg.restore_ram_off, cfg.mem_size,
-				       err, errlen);
-		if (ret < 0)
-			goto out;
-		mem_unregister(&vm->mem, vm->vm_fd);
-		ret = mem_register(&mem, vm->vm_fd);
-		if (ret < 0) {
-			mem_unregister(&mem, vm->vm_fd);
-			mem_close(&mem, false);
-			mem_register(&vm->mem, vm->vm_fd);
-			snprintf(err, errlen, "cannot register the snapshot's RAM: %s", strerror(-ret));
-			goto out;
-		}
-		mem_close(&vm->mem, true);
-		vm->mem = mem;
+	mem_unregister(&vm->mem, vm->vm_fd);
+	ret = mem_register(&mem, vm->vm_fd);
+	if (ret < 0) {
+		mem_unregister(&mem, vm->vm_fd);
+		mem_close(&mem, false);
+		mem_register(&vm->mem, vm->vm_fd);
+		snprintf(err, errlen, "cannot register the snapshot's RAM: %s", strerror(-ret));
+		return ret;
 	}
-	ret = snapshot_apply(snap, vm, false, false, err, errlen);
-	if (ret < 0)
-		goto out;
-	ret = vm_start(vm);
-	if (ret < 0)
-		snprintf(err, errlen, "cannot start vCPUs: %s", strerror(-ret));
-	else
-		vm_emit(vm, "RESUME", NULL);
-out:
-	snapshot_free(snap);
-	return ret;
+	mem_close(&vm->mem, true);
+	vm->mem = mem;
+	return 0;
 }
 
 int vm_start(struct vm *vm)

@@ -33,11 +33,8 @@ typedef void (*vm_event_fn)(void *opaque, const char *event, const char *data_js
  * nothing behind (a --mem-path file it created is removed). */
 int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
 	      size_t errlen);
-/* --incoming defer: the VM waits in state inmigrate. Loads a snapshot
- * (file:PATH) into it and starts the guest; on failure the VM stays as it
- * was, waiting. */
-int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen);
-/* --incoming defer: built, not started, waiting for vm_incoming(). */
+/* --incoming defer: built, not started, waiting in state inmigrate for its
+ * state (QMP migrate-incoming). */
 void vm_set_inmigrate(struct vm *vm);
 /* The serial port, created by vm_create unless cfg->serial_later: over a
  * live update's handed-over fds (h), or opened from the configuration. */

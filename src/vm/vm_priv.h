@@ -170,6 +170,13 @@ struct vm {
 	void *event_opaque;
 };
 
+/* Sends an event to the sink (vm_set_event_sink), if there is one. */
+void vm_emit(struct vm *vm, const char *event, const char *data_json);
+/* Guest RAM becomes a private mapping of size bytes of fd at off (a full
+ * snapshot's RAM area). Only while no vCPU has run: the memslots change.
+ * On failure the VM keeps the RAM it had. */
+int vm_replace_ram(struct vm *vm, int fd, uint64_t off, uint64_t size, char *err,
+		   size_t errlen);
 /* Port I/O from a vCPU thread: data holds count elements of size bytes. */
 void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
 	    unsigned count);
