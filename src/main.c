@@ -153,7 +153,39 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 struct main_ctx {
 	struct vm *vm;
 	int sfd;
+	struct qmp_server *qmp;
+	const char *qmp_path;
+	struct loop *loop;
 };
+
+/* A live update's new side builds the QMP server here, over the listening
+ * socket the old side handed over (struct cpr_qmp_hooks). */
+static int qmp_adopt(void *opaque, int fd, char *why, size_t whylen)
+{
+	struct main_ctx *m = opaque;
+
+	return qmp_server_new_fd(&m->qmp, m->qmp_path, fd, m->loop, why, whylen);
+}
+
+static int qmp_attach(void *opaque, struct vm *vm, char *why, size_t whylen)
+{
+	struct main_ctx *m = opaque;
+	int ret = qmp_commands_register(m->qmp, vm);
+
+	if (ret < 0)
+		return set_err(why, whylen, ret, "cannot register QMP commands");
+	cpr_set_qmp_fd(qmp_server_listen_fd(m->qmp));
+	return 0;
+}
+
+static void qmp_drop(void *opaque)
+{
+	struct main_ctx *m = opaque;
+
+	qmp_server_release_path(m->qmp);
+	qmp_server_free(m->qmp);
+	m->qmp = NULL;
+}
 
 static void on_signal(int fd, uint32_t events, void *opaque)
 {
@@ -171,7 +203,8 @@ int main(int argc, char **argv)
 {
 	struct vm_config cfg;
 	struct main_ctx m = { .sfd = -1 };
-	struct qmp_server *qmp = NULL;
+	const struct cpr_qmp_hooks qmp_hooks = { .adopt = qmp_adopt, .attach = qmp_attach,
+						 .drop = qmp_drop, .ctx = &m };
 	struct snapshot *snap = NULL;
 	struct loop *loop;
 	sigset_t sigs;
@@ -193,13 +226,15 @@ int main(int argc, char **argv)
 	ret = loop_new(&loop);
 	if (ret < 0)
 		die("cannot create event loop: %s", strerror(-ret));
+	m.loop = loop;
+	m.qmp_path = cfg.qmp_path;
 	exec_update = cpr_incoming_pending();
 	if (exec_update || (cfg.incoming && !strncmp(cfg.incoming, "unix:", 5))) {
 		/* Live update: this image (cpr-exec) or this process, to which
 		 * the old one sends state and fds (cpr-transfer), takes over a
 		 * running guest. */
-		ret = exec_update ? cpr_incoming(&cfg, loop, &m.vm, &qmp, err, sizeof(err)) :
-			cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &m.vm, &qmp, err,
+		ret = exec_update ? cpr_incoming(&cfg, loop, &qmp_hooks, &m.vm, err, sizeof(err)) :
+			cpr_transfer_incoming(&cfg, loop, cfg.incoming + 5, &qmp_hooks, &m.vm, err,
 					      sizeof(err));
 		if (ret == -ESHUTDOWN) { /* the guest powered off meanwhile: done */
 			pr_warn("%s", err);
@@ -214,7 +249,7 @@ int main(int argc, char **argv)
 	 * it may create) is not. Clients that connect meanwhile wait in the
 	 * backlog until the loop runs. */
 	if (cfg.qmp_path) {
-		ret = qmp_server_new(&qmp, cfg.qmp_path, loop, err, sizeof(err));
+		ret = qmp_server_new(&m.qmp, cfg.qmp_path, loop, err, sizeof(err));
 		if (ret < 0)
 			die("%s", err);
 	}
@@ -222,7 +257,7 @@ int main(int argc, char **argv)
 	if (cfg.incoming && strcmp(cfg.incoming, "defer")) {
 		ret = snapshot_open(cfg.incoming + 5, &cfg, &snap, err, sizeof(err));
 		if (ret < 0) {
-			qmp_server_free(qmp);
+			qmp_server_free(m.qmp);
 			die("%s", err);
 		}
 	}
@@ -234,18 +269,18 @@ int main(int argc, char **argv)
 	}
 	snapshot_free(snap);
 	if (ret < 0) {
-		qmp_server_free(qmp);
+		qmp_server_free(m.qmp);
 		die("%s", err);
 	}
-	if (qmp) {
-		ret = qmp_commands_register(qmp, m.vm);
+	if (m.qmp) {
+		ret = qmp_commands_register(m.qmp, m.vm);
 		if (ret < 0) {
 			vm_destroy(m.vm);
-			qmp_server_free(qmp);
+			qmp_server_free(m.qmp);
 			die("cannot register QMP commands: %s", strerror(-ret));
 		}
 	}
-	cpr_set_qmp_fd(qmp_server_listen_fd(qmp));
+	cpr_set_qmp_fd(qmp_server_listen_fd(m.qmp));
 	if (cfg.incoming && !strcmp(cfg.incoming, "defer")) {
 		vm_set_inmigrate(m.vm);
 		ret = 0;
@@ -263,10 +298,10 @@ run:
 	} else {
 		status = loop_run(loop);
 	}
-	if (qmp)
-		qmp_server_flush(qmp, 1000);
+	if (m.qmp)
+		qmp_server_flush(m.qmp, 1000);
 	vm_destroy(m.vm);
-	qmp_server_free(qmp);
+	qmp_server_free(m.qmp);
 	if (m.sfd >= 0) {
 		loop_del_fd(loop, m.sfd);
 		close(m.sfd);

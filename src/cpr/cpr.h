@@ -32,7 +32,23 @@
 
 struct vm;
 struct loop;
-struct qmp_server;
+
+/* The new side's QMP server is main's: the take-over hands it the
+ * listening socket that came over, and says when the VM is there to serve
+ * and when the take-over was refused. Each returns 0 or -errno with a
+ * message in why. */
+struct cpr_qmp_hooks {
+	/* A server on fd, the handed-over listening socket (now the hook's).
+	 * Called before the guest stops (cpr-transfer, live cpr-exec) or
+	 * before the state is applied (stopped-first cpr-exec). */
+	int (*adopt)(void *ctx, int fd, char *why, size_t whylen);
+	/* The state is applied: commands and events over vm. */
+	int (*attach)(void *ctx, struct vm *vm, char *why, size_t whylen);
+	/* Refused after adopt: the server goes, its socket file stays (it is
+	 * the old side's, which runs on). */
+	void (*drop)(void *ctx);
+	void *ctx;
+};
 
 /* main() calls this first: the argv and binary to re-exec by default. */
 void cpr_init(int argc, char **argv);
@@ -48,11 +64,11 @@ int cpr_exec(struct vm *vm, char *err, size_t errlen);
 
 /* Incoming: true if this process was exec()ed by a live update. */
 bool cpr_incoming_pending(void);
-/* Builds the VM and QMP server from the handed-over state and fds, and
- * starts the guest. On failure it rolls back (exec()s the previous binary)
- * and only returns if even that is impossible. */
-int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		 struct qmp_server **qmp_out, char *err, size_t errlen);
+/* Builds the VM from the handed-over state and fds, QMP through qmp's
+ * hooks, and starts the guest. On failure it rolls back (exec()s the
+ * previous binary) and only returns if even that is impossible. */
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, const struct cpr_qmp_hooks *qmp,
+		 struct vm **vm_out, char *err, size_t errlen);
 
 /* cpr-transfer, old side: the new process listens on path (started with
  * --incoming unix:PATH). 0: the guest runs there now and this process must
@@ -60,6 +76,7 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
 int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen);
 /* New side: waits for the old process on path, then as cpr_incoming. */
 int cpr_transfer_incoming(struct vm_config *cfg, struct loop *loop, const char *path,
-			  struct vm **vm_out, struct qmp_server **qmp_out, char *err, size_t errlen);
+			  const struct cpr_qmp_hooks *qmp, struct vm **vm_out, char *err,
+			  size_t errlen);
 
 #endif

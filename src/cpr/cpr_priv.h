@@ -155,21 +155,41 @@ bool cpr_early_sections_ok(struct vm *vm, const struct cpr_state *cs, int early_
 
 /* --- takeover.c ------------------------------------------------------------ */
 
-int cpr_build_vm(struct vm_config *cfg, struct loop *loop, const struct cpr_state *cs,
-		 struct vm **vm, char *why, size_t whylen);
-int cpr_finish(struct vm_config *cfg, struct loop *loop, struct vm *vm, struct cpr_state *cs,
-	       struct snapshot *snap, const struct stream_index *idx, int sock,
-	       bool threads_parked, struct chardev_handover *ho_room, struct qmp_server **qmp,
-	       char *why, size_t whylen);
-void cpr_done(struct vm *vm, struct cpr_state *cs, uint64_t t_adopt, uint64_t t_built,
-	      uint64_t t_applied, const char *rollback);
+/* The new side of a live update, in either mode, from the first message to
+ * the guest running (takeover.c). */
+struct cpr_takeover {
+	struct vm_config *cfg;
+	struct loop *loop;
+	const struct cpr_qmp_hooks *qmp; /* main's QMP server */
+	struct cpr_state *cs; /* the registry: what to claim, and the way back */
+	int sock;             /* to the old side; -1: stopped-first cpr-exec */
+	bool threads_parked;  /* vCPU threads made before the stop, parked */
+	struct vm *vm;
+	bool qmp_adopted;
+	struct snapshot snap; /* the state, validated */
+	struct stream_index idx;
+	bool have_idx;
+	struct chardev_handover *ho_room; /* or NULL; see cpr_takeover_finish */
+	uint64_t t_adopt, t_built;        /* the state read; the VM ready for it */
+	char *why;
+	size_t whylen;
+};
+
+int cpr_takeover_build(struct cpr_takeover *t);
+int cpr_takeover_adopt_serial(struct cpr_takeover *t, struct chardev_handover *ho,
+			      bool before_stream);
+int cpr_takeover_adopt_qmp(struct cpr_takeover *t);
+int cpr_takeover_finish(struct cpr_takeover *t);
+void cpr_takeover_done(struct cpr_takeover *t, uint64_t t_applied, const char *rollback);
+void cpr_takeover_abandon(struct cpr_takeover *t);
+void cpr_takeover_free(struct cpr_takeover *t);
 
 /* --- transfer_in.c, transfer_out.c ----------------------------------------- */
 
 /* New side. The registry lands in *cs (the way back, for a live cpr-exec).
  * On failure the old side has been told why, and resumes the guest. */
 int cpr_transfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct cpr_state *cs,
-		    struct vm **vm_out, struct qmp_server **qmp_out, char *why, size_t whylen);
+		    const struct cpr_qmp_hooks *qmp, struct vm **vm_out, char *why, size_t whylen);
 /* Old side. live: a live cpr-exec keeper (the registry carries this
  * image's argv, the way back; no time-outs). 0: the guest runs on the new
  * side now, never again here; <0: it runs here (again), and why says what
@@ -181,7 +201,7 @@ int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whyle
 void cpr_exec_prev(const struct cpr_state *cs, int exefd, const char *why);
 int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char *err,
 		  size_t errlen);
-int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		      struct qmp_server **qmp_out, char *err, size_t errlen);
+int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, const struct cpr_qmp_hooks *qmp,
+		      struct vm **vm_out, char *err, size_t errlen);
 
 #endif

@@ -30,7 +30,6 @@
 #include "cpr/cpr_priv.h"
 #include "lib/clock.h"
 #include "lib/log.h"
-#include "qmp/qmp.h"
 
 #define KEEPER_STACK (64 * 1024)
 
@@ -250,67 +249,74 @@ static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
 	cpr_exec_prev(cs, exefd, why);
 }
 
-int cpr_incoming(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		 struct qmp_server **qmp_out, char *err, size_t errlen)
+/* The state a stopped-first cpr-exec left in the memfd CPRVM_CPR_STATE
+ * names: *buf (malloc'd) and *len, or -EINVAL. */
+static int exec_read_state(int memfd, uint8_t **buf, size_t *len)
 {
-	const char *rollback = getenv(CPR_ENV_ROLLBACK);
-	int memfd, ret;
-	struct stream_index idx = { 0 };
-	struct snapshot snap = { .fd = -1 };
-	struct cpr_state *cs = calloc(1, sizeof(*cs));
-	struct qmp_server *qmp = NULL;
-	struct vm *vm = NULL;
-	uint64_t t_adopt = mono_ns(), t_built;
-	char why[480] = "";
-	uint8_t *buf = NULL;
-	bool have_idx = false;
 	struct stat st;
 
-	if (getenv(CPR_ENV_LIVE)) {
-		free(cs);
-		return cpr_incoming_live(cfg, loop, vm_out, qmp_out, err, errlen);
+	*buf = NULL;
+	if (fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
+	    !(*buf = malloc(st.st_size)) || pread(memfd, *buf, st.st_size, 0) != st.st_size) {
+		free(*buf);
+		*buf = NULL;
+		return -EINVAL;
 	}
+	*len = st.st_size;
+	return 0;
+}
+
+int cpr_incoming(struct vm_config *cfg, struct loop *loop, const struct cpr_qmp_hooks *qmp,
+		 struct vm **vm_out, char *err, size_t errlen)
+{
+	const char *rollback = getenv(CPR_ENV_ROLLBACK);
+	char why[480] = "";
+	struct cpr_takeover t = { .cfg = cfg, .loop = loop, .qmp = qmp, .sock = -1,
+				  .snap = { .fd = -1 }, .why = why, .whylen = sizeof(why),
+				  .t_adopt = mono_ns() };
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int memfd, ret;
+
+	if (getenv(CPR_ENV_LIVE))
+		return cpr_incoming_live(cfg, loop, qmp, vm_out, err, errlen);
 	memfd = atoi(getenv(CPR_ENV_STATE));
 	unsetenv(CPR_ENV_STATE);
-	if (!cs || fstat(memfd, &st) < 0 || st.st_size <= 0 || st.st_size > (256 << 20) ||
-	    !(buf = malloc(st.st_size)) || pread(memfd, buf, st.st_size, 0) != st.st_size) {
+	t.cs = calloc(1, sizeof(*t.cs));
+	if (!t.cs || exec_read_state(memfd, &buf, &len) < 0) {
 		snprintf(err, errlen, "live update: cannot read the handed-over state (fd %d)", memfd);
-		free(buf);
-		free(cs);
+		free(t.cs);
 		return -EINVAL;
 	}
 	fcntl(memfd, F_SETFD, FD_CLOEXEC);
 	chardev_keep_socket_files = true;
 	/* The registry first: without it there is no way back. */
-	ret = cpr_load_registry(buf, st.st_size, cs, NULL, 0, why, sizeof(why));
+	ret = cpr_load_registry(buf, len, t.cs, NULL, 0, why, sizeof(why));
 	if (ret < 0) {
 		snprintf(err, errlen, "live update: unusable state: %s", why);
 		goto out;
 	}
-	ret = snapshot_load_stream(buf, st.st_size, cfg, true, &snap, &idx, why, sizeof(why));
+	ret = snapshot_load_stream(buf, len, cfg, true, &t.snap, &t.idx, why, sizeof(why));
 	if (ret < 0)
 		goto out_rollback;
-	have_idx = true;
-	ret = cpr_build_vm(cfg, loop, cs, &vm, why, sizeof(why));
+	t.have_idx = true;
+	ret = cpr_takeover_build(&t);
 	if (ret < 0)
 		goto out_rollback;
-	t_built = mono_ns();
-	ret = cpr_finish(cfg, loop, vm, cs, &snap, &idx, -1, false, NULL, &qmp, why, sizeof(why));
+	t.t_built = mono_ns();
+	ret = cpr_takeover_finish(&t);
 	if (ret < 0)
 		goto out_rollback;
-	cpr_done(vm, cs, t_adopt, t_built, mono_ns(), rollback);
+	cpr_takeover_done(&t, mono_ns(), rollback);
 	close(memfd);
-	*vm_out = vm;
-	*qmp_out = qmp;
+	*vm_out = t.vm;
 	goto out;
 out_rollback:
 	snprintf(err, errlen, "live update: %s", why);
-	cpr_rollback(cs, memfd, why);
+	cpr_rollback(t.cs, memfd, why);
 out:
-	if (have_idx)
-		stream_index_free(&idx);
-	free(snap.vcpus);
+	cpr_takeover_free(&t);
 	free(buf);
-	free(cs);
+	free(t.cs);
 	return ret;
 }

@@ -171,8 +171,8 @@ out:
 
 /* New image, live cpr-exec: say hello to the keeper, then take over as in
  * cpr-transfer; if that fails, go back to the previous binary. */
-int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_out,
-		      struct qmp_server **qmp_out, char *err, size_t errlen)
+int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, const struct cpr_qmp_hooks *qmp,
+		      struct vm **vm_out, char *err, size_t errlen)
 {
 	const char *env = getenv(CPR_ENV_LIVE);
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
@@ -197,7 +197,7 @@ int cpr_incoming_live(struct vm_config *cfg, struct loop *loop, struct vm **vm_o
 		ret = set_err(err, errlen, -EPIPE, "live update: the old image is gone");
 		goto out;
 	}
-	ret = cpr_transfer_in(cfg, loop, sock, cs, vm_out, qmp_out, why, sizeof(why));
+	ret = cpr_transfer_in(cfg, loop, sock, cs, qmp, vm_out, why, sizeof(why));
 	if (ret == 0) {
 		unsetenv(CPR_ENV_ROLLBACK);
 		if (exefd >= 0)
