@@ -79,6 +79,25 @@ struct cpr_image {
 };
 extern struct cpr_image cpr_image;
 
+/* The registry's names (registry.c says who registers each). */
+#define CPR_FD_RAM "ram"
+#define CPR_FD_QMP "qmp"
+#define CPR_FD_SERIAL_LISTEN "serial0-listen"
+#define CPR_FD_SERIAL_CONN "serial0-conn"
+#define CPR_FD_KEEPER "keeper"
+#define CPR_FD_PREV_EXE "prev-exe"
+#define CPR_FD_VCPU_EARLY "vcpu-early"
+
+/* The fds of the VM itself that every live update hands over, whatever
+ * the mode: each send site names these, then its own. */
+struct cpr_fd_source {
+	const char *name;
+	int fd; /* -1: none */
+};
+#define CPR_FD_SOURCES_MAX 8
+int cpr_fd_sources(const struct vm *vm, const struct chardev_handover *ho,
+		   struct cpr_fd_source src[CPR_FD_SOURCES_MAX]);
+
 /* Names an fd in the registry: 0, or -E2BIG when full (fd < 0: skipped). */
 int cpr_add_fd(struct cpr_state *cs, const char *name, int fd);
 /* The fd registered under name, or -1. */

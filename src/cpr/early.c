@@ -101,7 +101,7 @@ int cpr_early_ahead(struct vcpu *v, void *arg)
  * the blackout: the messages' room, and each vCPU's copy of what it set. */
 void cpr_early_in_init(struct cpr_early_in *in, struct vm *vm, const struct cpr_state *cs)
 {
-	in->fd = cpr_claim_fd(cs, "vcpu-early");
+	in->fd = cpr_claim_fd(cs, CPR_FD_VCPU_EARLY);
 	in->buf = NULL;
 	in->tmp = NULL;
 	if (in->fd < 0)

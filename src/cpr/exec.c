@@ -76,133 +76,158 @@ static int cpr_write_memfd(const struct sbuf *b)
 	return fd;
 }
 
-int cpr_exec(struct vm *vm, char *err, size_t errlen)
+/* The keeper's pipe, stack, argument and pid. The keeper reads its
+ * argument when it starts, at any time after clone(): it lives here, in the
+ * frame that lasts until the exec or keeper_stop(). */
+struct exec_keeper {
+	int pipefd[2];
+	void *stack;
+	struct keeper_arg arg;
+	pid_t pid;
+};
+
+static int keeper_start(struct exec_keeper *k, char *err, size_t errlen)
+{
+	k->stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			-1, 0);
+	if (k->stack == MAP_FAILED)
+		return set_err(err, errlen, -errno, "cpr-exec: keeper stack: %s", strerror(errno));
+	k->arg = (struct keeper_arg){ .rfd = k->pipefd[0], .wfd = k->pipefd[1] };
+	k->pid = clone(keeper_main, (char *)k->stack + KEEPER_STACK, CLONE_VM | SIGCHLD, &k->arg);
+	if (k->pid < 0)
+		return set_err(err, errlen, -errno, "cpr-exec: keeper: %s", strerror(errno));
+	return 0;
+}
+
+/* The exec failed: the keeper sees EOF on its pipe and exits. */
+static void keeper_stop(struct exec_keeper *k)
+{
+	if (k->pipefd[1] >= 0)
+		close(k->pipefd[1]);
+	if (k->pipefd[0] >= 0)
+		close(k->pipefd[0]);
+	if (k->pid > 0)
+		waitpid(k->pid, NULL, 0);
+	if (k->stack != MAP_FAILED)
+		munmap(k->stack, KEEPER_STACK);
+}
+
+/* The registry of a stopped-first cpr-exec: the VM's fds, the keeper's
+ * pipe and the way back (this binary, and its argv). */
+static int exec_registry(struct vm *vm, struct cpr_state *cs, struct chardev_handover *ho,
+			 int keeper_wfd, int exefd)
+{
+	struct cpr_fd_source src[CPR_FD_SOURCES_MAX];
+	int n, ret = 0;
+
+	cpr_put_prev_argv(cs);
+	chardev_set_frozen(vm->serial_chr, true);
+	chardev_export(vm->serial_chr, ho);
+	n = cpr_fd_sources(vm, ho, src);
+	src[n++] = (struct cpr_fd_source){ CPR_FD_KEEPER, keeper_wfd };
+	src[n++] = (struct cpr_fd_source){ CPR_FD_PREV_EXE, exefd };
+	for (int i = 0; i < n && ret == 0; i++)
+		ret = cpr_add_fd(cs, src[i].name, src[i].fd);
+	return ret;
+}
+
+/* A paused guest (see the top of the file for the order of things).
+ * Returns only on failure, the guest as it was. */
+static int exec_stopped_first(struct vm *vm, const char *path, char **argv, int exefd,
+			      char *err, size_t errlen)
 {
 	struct cpr_state *cs = calloc(1, sizeof(*cs));
 	struct chardev_handover *ho = calloc(1, sizeof(*ho));
+	struct exec_keeper k = { .pipefd = { -1, -1 }, .stack = MAP_FAILED, .pid = -1 };
 	struct sbuf b = SBUF_INIT;
-	struct keeper_arg ka;
-	char envval[32], **argv;
-	void *kstack = MAP_FAILED;
-	int pipefd[2] = { -1, -1 }, memfd = -1, exefd = -1, ret;
-	pid_t keeper = -1;
+	char envval[32];
+	int memfd = -1, ret;
 
 	if (!cs || !ho) {
-		ret = -ENOMEM;
-		snprintf(err, errlen, "out of memory");
+		ret = set_err(err, errlen, -ENOMEM, "out of memory");
 		goto out_free;
 	}
-	if (vm->mem.private_map) {
-		snprintf(err, errlen, "cpr-exec: guest RAM is a private copy of a snapshot, "
-				      "not a shareable fd");
-		ret = -EINVAL;
-		goto out_free;
-	}
-	argv = cpr_image.exec_argv ? cpr_image.exec_argv : cpr_image.argv;
-	if (!cpr_image.exec_argv && !cpr_image.exe[0]) {
-		snprintf(err, errlen, "cpr-exec: cannot tell which binary this is");
-		ret = -ENOENT;
-		goto out_free;
-	}
-	/* An fd to this binary: the way back if the new one cannot take over. */
-	exefd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
-	if (vm->state == RUN_STATE_RUNNING && !getenv("CPRVM_TEST_NO_LIVE_EXEC")) {
-		/* The guest runs through the exec (exec_live.c). */
-		ret = cpr_exec_live(vm, cpr_image.exec_argv ? argv[0] : cpr_image.exe, argv, exefd, err,
-				    errlen);
-		goto out_free;
-	}
-
 	cs->stop_ns = mono_ns();
 	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	ret = vm_pause(vm);
 	if (ret < 0) {
-		snprintf(err, errlen, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
+		set_err(err, errlen, ret, "cpr-exec: cannot stop the vCPUs: %s", strerror(-ret));
 		goto out_free;
 	}
 	cs->paused_ns = mono_ns();
-	if (pipe2(pipefd, O_CLOEXEC) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cpr-exec: pipe: %s", strerror(-ret));
+	if (pipe2(k.pipefd, O_CLOEXEC) < 0) {
+		ret = set_err(err, errlen, -errno, "cpr-exec: pipe: %s", strerror(errno));
 		goto out_resume;
 	}
-	cpr_put_prev_argv(cs);
-	chardev_set_frozen(vm->serial_chr, true);
-	chardev_export(vm->serial_chr, ho);
-	if ((ret = cpr_add_fd(cs, "ram", vm->mem.fd)) < 0 ||
-	    (ret = cpr_add_fd(cs, "qmp", cpr_image.qmp_fd)) < 0 ||
-	    (ret = cpr_add_fd(cs, "serial0-listen", ho->listen_fd)) < 0 ||
-	    (ret = cpr_add_fd(cs, "serial0-conn", ho->conn_fd)) < 0 ||
-	    (ret = cpr_add_fd(cs, "keeper", pipefd[1])) < 0 ||
-	    (ret = cpr_add_fd(cs, "prev-exe", exefd)) < 0) {
+	ret = exec_registry(vm, cs, ho, k.pipefd[1], exefd);
+	if (ret < 0) {
 		snprintf(err, errlen, "cpr-exec: fd registry full");
 		goto out_resume;
 	}
-
 	/* Keeper first: its pid goes into the state. */
-	kstack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (kstack == MAP_FAILED) {
-		ret = -errno;
-		snprintf(err, errlen, "cpr-exec: keeper stack: %s", strerror(-ret));
+	ret = keeper_start(&k, err, errlen);
+	if (ret < 0)
 		goto out_resume;
-	}
-	ka.rfd = pipefd[0];
-	ka.wfd = pipefd[1];
-	keeper = clone(keeper_main, (char *)kstack + KEEPER_STACK, CLONE_VM | SIGCHLD, &ka);
-	if (keeper < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cpr-exec: keeper: %s", strerror(-ret));
-		goto out_resume;
-	}
-	cs->keeper_pid = keeper;
+	cs->keeper_pid = k.pid;
 	/* Stamped before the device state is read (the stamp itself travels in
 	 * that state): "prepare" ends here, "handover" covers reading the
 	 * state, the exec and the new image's start-up. */
 	cs->captured_ns = mono_ns();
-
 	ret = cpr_build_stream(vm, ho, cs, NULL, false, &b);
 	if (ret < 0) {
-		snprintf(err, errlen, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
+		set_err(err, errlen, ret, "cpr-exec: cannot capture VM state: %s", strerror(-ret));
 		goto out_resume;
 	}
 	memfd = cpr_write_memfd(&b);
 	if (memfd < 0) {
-		ret = memfd;
-		snprintf(err, errlen, "cpr-exec: state memfd: %s", strerror(-ret));
+		ret = set_err(err, errlen, memfd, "cpr-exec: state memfd: %s", strerror(-memfd));
 		goto out_resume;
 	}
 	snprintf(envval, sizeof(envval), "%d", memfd);
 	setenv(CPR_ENV_STATE, envval, 1);
 	unsetenv(CPR_ENV_ROLLBACK);
 	cpr_set_cloexec(cs, false);
-	pr_info("cpr-exec: %s", cpr_image.exec_argv ? argv[0] : cpr_image.exe);
-	execv(cpr_image.exec_argv ? argv[0] : cpr_image.exe, argv);
+	pr_info("cpr-exec: %s", path);
+	execv(path, argv);
 
 	/* Still here: the exec failed, and this image carries on. */
-	ret = -errno;
-	snprintf(err, errlen, "cpr-exec: cannot execute '%s': %s",
-		 cpr_image.exec_argv ? argv[0] : cpr_image.exe, strerror(-ret));
+	ret = set_err(err, errlen, -errno, "cpr-exec: cannot execute '%s': %s", path,
+		      strerror(errno));
 	cpr_set_cloexec(cs, true);
 	unsetenv(CPR_ENV_STATE);
 out_resume:
 	if (memfd >= 0)
 		close(memfd);
-	if (pipefd[1] >= 0)
-		close(pipefd[1]); /* the keeper sees EOF and exits */
-	if (pipefd[0] >= 0)
-		close(pipefd[0]);
-	if (keeper > 0)
-		waitpid(keeper, NULL, 0);
-	if (kstack != MAP_FAILED)
-		munmap(kstack, KEEPER_STACK);
+	keeper_stop(&k);
 	chardev_set_frozen(vm->serial_chr, false);
 	vm_resume(vm);
 out_free:
-	if (exefd >= 0)
-		close(exefd);
 	sbuf_free(&b);
 	free(ho);
 	free(cs);
+	return ret;
+}
+
+int cpr_exec(struct vm *vm, char *err, size_t errlen)
+{
+	char **argv = cpr_image.exec_argv ? cpr_image.exec_argv : cpr_image.argv;
+	const char *path = cpr_image.exec_argv ? argv[0] : cpr_image.exe;
+	int exefd, ret;
+
+	if (vm->mem.private_map)
+		return set_err(err, errlen, -EINVAL,
+			       "cpr-exec: guest RAM is a private copy of a snapshot, "
+			       "not a shareable fd");
+	if (!cpr_image.exec_argv && !cpr_image.exe[0])
+		return set_err(err, errlen, -ENOENT, "cpr-exec: cannot tell which binary this is");
+	/* An fd to this binary: the way back if the new one cannot take over. */
+	exefd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+	if (vm->state == RUN_STATE_RUNNING && !getenv("CPRVM_TEST_NO_LIVE_EXEC"))
+		ret = cpr_exec_live(vm, path, argv, exefd, err, errlen); /* exec_live.c */
+	else
+		ret = exec_stopped_first(vm, path, argv, exefd, err, errlen);
+	if (exefd >= 0)
+		close(exefd);
 	return ret;
 }
 
@@ -237,7 +262,7 @@ void cpr_exec_prev(const struct cpr_state *cs, int exefd, const char *why)
 static void cpr_rollback(const struct cpr_state *cs, int memfd, const char *why)
 {
 	char envval[32];
-	int exefd = cpr_find_fd(cs, "prev-exe");
+	int exefd = cpr_find_fd(cs, CPR_FD_PREV_EXE);
 
 	if (exefd < 0 || getenv(CPR_ENV_ROLLBACK) || !cs->prev_argv_len)
 		return; /* no way back, or already on it */

@@ -118,6 +118,18 @@ int cpr_claim_fd(const struct cpr_state *cs, const char *name)
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
 
+int cpr_fd_sources(const struct vm *vm, const struct chardev_handover *ho,
+		   struct cpr_fd_source src[CPR_FD_SOURCES_MAX])
+{
+	int n = 0;
+
+	src[n++] = (struct cpr_fd_source){ CPR_FD_RAM, vm->mem.fd };
+	src[n++] = (struct cpr_fd_source){ CPR_FD_QMP, cpr_image.qmp_fd };
+	src[n++] = (struct cpr_fd_source){ CPR_FD_SERIAL_LISTEN, ho->listen_fd };
+	src[n++] = (struct cpr_fd_source){ CPR_FD_SERIAL_CONN, ho->conn_fd };
+	return n;
+}
+
 void cpr_set_cloexec(const struct cpr_state *cs, bool on)
 {
 	for (uint32_t i = 0; i < cs->nr_fds; i++) {

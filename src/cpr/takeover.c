@@ -31,7 +31,7 @@ int cpr_takeover_build(struct cpr_takeover *t)
 {
 	struct vm_config *cfg = t->cfg;
 
-	cfg->adopt_ram_fd = cpr_claim_fd(t->cs, "ram");
+	cfg->adopt_ram_fd = cpr_claim_fd(t->cs, CPR_FD_RAM);
 	if (cfg->adopt_ram_fd < 0)
 		return set_err(t->why, t->whylen, -EBADF, "no guest RAM fd handed over");
 	cfg->restoring = 1;
@@ -45,8 +45,8 @@ int cpr_takeover_build(struct cpr_takeover *t)
 int cpr_takeover_adopt_serial(struct cpr_takeover *t, struct chardev_handover *ho,
 			      bool before_stream)
 {
-	ho->listen_fd = cpr_claim_fd(t->cs, "serial0-listen");
-	ho->conn_fd = cpr_claim_fd(t->cs, "serial0-conn");
+	ho->listen_fd = cpr_claim_fd(t->cs, CPR_FD_SERIAL_LISTEN);
+	ho->conn_fd = cpr_claim_fd(t->cs, CPR_FD_SERIAL_CONN);
 	if (before_stream)
 		ho->connected = ho->conn_fd >= 0;
 	return vm_attach_serial(t->vm, ho, t->why, t->whylen);
@@ -59,7 +59,7 @@ int cpr_takeover_adopt_qmp(struct cpr_takeover *t)
 
 	if (!t->cfg->qmp_path || t->qmp_adopted)
 		return 0;
-	ret = t->qmp->adopt(t->qmp->ctx, cpr_claim_fd(t->cs, "qmp"), t->why, t->whylen);
+	ret = t->qmp->adopt(t->qmp->ctx, cpr_claim_fd(t->cs, CPR_FD_QMP), t->why, t->whylen);
 	if (ret == 0)
 		t->qmp_adopted = true;
 	return ret;

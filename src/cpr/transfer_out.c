@@ -94,62 +94,74 @@ static int capture_job_fn(struct vcpu *v, void *arg)
 	return ret;
 }
 
-int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen)
-{
-	struct cpr_state *cs = calloc(1, sizeof(*cs));
-	struct chardev_handover *ho = calloc(1, sizeof(*ho));
-	/* Filled by the vCPU threads as they park. */
-	struct vcpu_state *vstates = calloc(vm->nr_vcpus, sizeof(*vstates));
-	struct capture_arg *cargs = calloc(vm->nr_vcpus, sizeof(*cargs));
-	void **vargs = calloc(vm->nr_vcpus, sizeof(*vargs));
-	struct machine_state ms;
-	struct sbuf b = SBUF_INIT;
-	int ret, nfds = 0;
-	int fds[CPR_MAX_FDS], early[2] = { -1, -1 };
-	struct capture_fin fin = { .vm = vm, .cs = cs, .ho = ho, .vstates = vstates, .b = &b,
-				   .sock = sock, .left = vm->nr_vcpus };
-	bool stopped = false;
-	char c;
+/* The old side's update, from the first message to the last. */
+struct xout {
+	struct vm *vm;
+	int sock;
+	bool live; /* a live cpr-exec's keeper: no time-outs */
+	char *why;
+	size_t whylen;
+	struct cpr_state *cs;
+	struct chardev_handover *ho;
+	struct vcpu_state *vstates; /* filled by the vCPU threads as they park */
+	struct capture_arg *cargs;
+	void **vargs;
+	struct sbuf b;
+	int early[2]; /* the early channel: ours, the new side's */
+	struct capture_fin fin;
+	bool stopped; /* the guest is stopped here (resume it on failure) */
+};
 
-	if (!cs || !ho || !vstates || !cargs || !vargs) {
-		ret = set_err(why, whylen, -ENOMEM, "out of memory");
-		goto out;
-	}
-	/* Early state: a channel of its own, one message per vCPU. */
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, early) < 0)
-		early[0] = early[1] = -1;
+static int xout_timeout_ms(const struct xout *x)
+{
+	return x->live ? -1 : cpr_proto_timeout_ms();
+}
+
+/* Before phase 1: the early channel, and every buffer the blackout uses
+ * touched now. */
+static int xout_prepare(struct xout *x)
+{
+	struct vm *vm = x->vm;
+
+	if (!x->cs || !x->ho || !x->vstates || !x->cargs || !x->vargs)
+		return set_err(x->why, x->whylen, -ENOMEM, "out of memory");
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, x->early) < 0)
+		x->early[0] = x->early[1] = -1;
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		cpr_early_out_init(&cargs[i].early, &vstates[i], early[0]);
-		cargs[i].fin = &fin;
-		vargs[i] = &cargs[i];
+		cpr_early_out_init(&x->cargs[i].early, &x->vstates[i], x->early[0]);
+		x->cargs[i].fin = &x->fin;
+		x->vargs[i] = &x->cargs[i];
 	}
 	cpr_warm_heap(vm->nr_vcpus);
 	cpr_prefault();
-	/* Phase 1, the guest still running: fds (the registry's "fd" is the
-	 * index in the SCM_RIGHTS array) and the machine, to build the VM. */
-	chardev_export(vm->serial_chr, ho);
-	{
-		const struct { const char *name; int fd; } out[] = {
-			{ "ram", vm->mem.fd },
-			{ "qmp", cpr_image.qmp_fd },
-			{ "serial0-listen", ho->listen_fd },
-			{ "serial0-conn", ho->conn_fd },
-			{ "vcpu-early", early[1] },
-		};
-		for (size_t i = 0; i < ARRAY_SIZE(out); i++) {
-			if (out[i].fd < 0)
-				continue;
-			fds[nfds] = out[i].fd;
-			cpr_add_fd(cs, out[i].name, nfds);
-			nfds++;
-		}
+	return 0;
+}
+
+/* Phase 1's registry: the fds (each entry's "fd" is its index in the
+ * message's SCM_RIGHTS array), what this side can send, and the tasks that
+ * run the vCPUs, for the new side's placement. */
+static int xout_registry(struct xout *x, int *fds, int *nfds)
+{
+	struct cpr_fd_source src[CPR_FD_SOURCES_MAX];
+	struct vm *vm = x->vm;
+	struct cpr_state *cs = x->cs;
+	int n = cpr_fd_sources(vm, x->ho, src);
+
+	src[n++] = (struct cpr_fd_source){ CPR_FD_VCPU_EARLY, x->early[1] };
+	*nfds = 0;
+	for (int i = 0; i < n; i++) {
+		if (src[i].fd < 0)
+			continue;
+		fds[*nfds] = src[i].fd;
+		cpr_add_fd(cs, src[i].name, *nfds);
+		(*nfds)++;
 	}
-	if (live)
+	if (x->live)
 		cpr_put_prev_argv(cs);
 	/* Tests: "old-classic" plays an old side without the capability. */
-	if (early[1] >= 0 && !test_fault(TEST_FAULT_OLD_CLASSIC))
+	if (x->early[1] >= 0 && !test_fault(TEST_FAULT_OLD_CLASSIC))
 		cs->caps |= CPR_CAP_EARLY_SECTIONS;
-	for (int i = 0; !live && i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
+	for (int i = 0; !x->live && i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
 		cs->vcpu_tid[i] = (uint32_t)vm->vcpus[i].tid;
 		cs->vcpu_tid_len += sizeof(cs->vcpu_tid[0]);
 	}
@@ -157,63 +169,90 @@ int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whyle
 		cs->run_tid[i] = (uint32_t)vcpu_run_tid(&vm->vcpus[i]);
 		cs->run_tid_len += sizeof(cs->run_tid[0]);
 	}
-	snapshot_machine(vm, &ms, RAM_IN_FD);
-	if ((ret = stream_writer_begin(&b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
+	return 0;
+}
+
+/* Phase 1, the guest still running: the fds and the machine, for the new
+ * side to build the VM. */
+static int xout_send_config(struct xout *x)
+{
+	struct machine_state ms;
+	int fds[CPR_MAX_FDS], nfds, ret;
+
+	chardev_export(x->vm->serial_chr, x->ho);
+	xout_registry(x, fds, &nfds);
+	snapshot_machine(x->vm, &ms, RAM_IN_FD);
+	if ((ret = stream_writer_begin(&x->b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
 				       CPRVM_VERSION_MICRO)) < 0 ||
-	    (ret = stream_put_state(&b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_put_state(&b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_writer_end(&b)) < 0 || (ret = cpr_proto_send_msg(sock, &b, fds, nfds)) < 0) {
-		set_err(why, whylen, ret, "cannot send the configuration: %s", strerror(-ret));
-		goto out_fail;
-	}
+	    (ret = stream_put_state(&x->b, "machine", &machine_state_desc, &ms,
+				    STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_put_state(&x->b, "cpr", &cpr_state_desc, x->cs, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_writer_end(&x->b)) < 0 ||
+	    (ret = cpr_proto_send_msg(x->sock, &x->b, fds, nfds)) < 0)
+		return set_err(x->why, x->whylen, ret, "cannot send the configuration: %s",
+			       strerror(-ret));
 	/* Phase 2's stream is built on a vCPU thread, whose malloc arena is
 	 * cold: room for all of it now, touched (the whole VM is ~10 KiB per
 	 * vCPU, plus up to 64 KiB of serial output not yet written). */
-	b.len = 0;
-	if (sbuf_reserve(&b, (128u << 10) + (size_t)vm->nr_vcpus * (96u << 10)) == 0)
-		cpr_touch_pages(b.data, b.cap);
-	if (early[1] >= 0) { /* the new side has its own copy */
-		close(early[1]);
-		early[1] = -1;
+	x->b.len = 0;
+	if (sbuf_reserve(&x->b, (128u << 10) + (size_t)x->vm->nr_vcpus * (96u << 10)) == 0)
+		cpr_touch_pages(x->b.data, x->b.cap);
+	if (x->early[1] >= 0) { /* the new side has its own copy */
+		close(x->early[1]);
+		x->early[1] = -1;
 	}
-	/* The MSRs ahead of the stop, read at each vCPU's next exit while the
-	 * new side builds its VM; never after the answer. */
-	for (int i = 0; early[0] >= 0 && i < vm->nr_vcpus; i++)
-		if (cargs[i].early.buf)
-			vcpu_post_at_exit(&vm->vcpus[i], cpr_early_ahead, &cargs[i].early);
-	ret = cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen);
+	return 0;
+}
+
+/* The new side builds its VM meanwhile; the MSRs go ahead of the stop,
+ * read at each vCPU's next exit, never after the answer. */
+static int xout_wait_ready(struct xout *x)
+{
+	struct vm *vm = x->vm;
+	int ret;
+	char c;
+
+	for (int i = 0; x->early[0] >= 0 && i < vm->nr_vcpus; i++)
+		if (x->cargs[i].early.buf)
+			vcpu_post_at_exit(&vm->vcpus[i], cpr_early_ahead, &x->cargs[i].early);
+	ret = cpr_proto_wait(x->sock, xout_timeout_ms(x), &c, x->why, x->whylen);
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vcpu_cancel_at_exit(&vm->vcpus[i]);
 	if (ret < 0)
-		goto out_fail;
-	if (c == CPR_MSG_READY_EARLY && (cs->caps & CPR_CAP_EARLY_SECTIONS)) {
-		fin.early_sections = true;
+		return ret;
+	if (c == CPR_MSG_READY_EARLY && (x->cs->caps & CPR_CAP_EARLY_SECTIONS)) {
+		x->fin.early_sections = true;
 	} else if (c != CPR_MSG_READY) {
-		cpr_proto_recv_reason(sock, why, whylen);
-		ret = -ECANCELED;
-		goto out_fail;
+		cpr_proto_recv_reason(x->sock, x->why, x->whylen);
+		return -ECANCELED;
 	}
+	return 0;
+}
+
+/* Phase 2: stop, capture, send. The stop comes at the guest's next exit,
+ * if one comes within x-stop-wait-us: the blackout (and cs->stop_ns,
+ * capture_finish) starts when the vCPUs stop. */
+static int xout_stop_and_send(struct xout *x)
+{
+	struct vm *vm = x->vm;
+	int ret;
 
 	/* Where each vCPU runs now: the new side pins its own there
 	 * (place.c), and the old tasks step aside from it after RUNNING. */
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vm->vcpus[i].run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
-	/* Phase 2: stop, capture, send. The stop comes at the guest's next
-	 * exit, if one comes within x-stop-wait-us: the blackout (and
-	 * cs->stop_ns, capture_finish) starts when the vCPUs stop. */
-	cs->stop_ns = mono_ns();
+	x->cs->stop_ns = mono_ns();
 	trace_mark("stop");
-	cs->guest_paused = vm->state == RUN_STATE_PAUSED;
+	x->cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	/* Each vCPU thread reads its own state as it parks. */
-	vcpu_jobs_post(vm, capture_job_fn, vargs);
+	vcpu_jobs_post(vm, capture_job_fn, x->vargs);
 	/* STOP is sent once the guest runs again. */
 	ret = vm_pause_quiet(vm, vm_migration(vm)->stop_wait_us);
 	if (ret < 0) {
 		vcpu_jobs_wait(vm);
-		set_err(why, whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
-		goto out_fail;
+		return set_err(x->why, x->whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
 	}
-	stopped = true;
+	x->stopped = true;
 	/* From the stop on, and for good once the guest runs there, this task
 	 * must not take a CPU from the new side: its main thread sets the
 	 * early state and takes the stream in while the capture runs, and
@@ -226,94 +265,127 @@ int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whyle
 	 * turns with the new side's main thread on a CPU they share. */
 	cpr_batch_begin();
 	ret = vcpu_jobs_wait_asleep(vm);
-	if (ret < 0) {
-		set_err(why, whylen, ret, "cannot read the vCPUs' state: %s", strerror(-ret));
-		goto out_fail;
+	if (ret < 0)
+		return set_err(x->why, x->whylen, ret, "cannot read the vCPUs' state: %s",
+			       strerror(-ret));
+	ret = x->fin.sent ? x->fin.ret : -EIO;
+	if (ret == -ESHUTDOWN)
+		return set_err(x->why, x->whylen, ret,
+			       "the guest powered off or crashed during the update");
+	if (ret < 0)
+		return set_err(x->why, x->whylen, ret, "cannot send the state: %s", strerror(-ret));
+	return 0;
+}
+
+/* No answer in time: the new process may still take the guest, so it must
+ * be gone before the guest can run here. */
+static int xout_fence(struct xout *x)
+{
+	char late = 0;
+	int f = cpr_proto_fence(x->sock, &late);
+
+	if (f < 0 || (f == 1 && late == CPR_MSG_RUNNING)) {
+		set_err(x->why, x->whylen, -ETIMEDOUT,
+			"the new process did not answer within %d ms and %s; "
+			"the guest stays stopped here (it may have run there)",
+			cpr_proto_timeout_ms(),
+			f < 0 ? "could not be killed" : "was killed after taking the guest");
+		x->vm->state = RUN_STATE_PAUSED;
+		x->stopped = false; /* never resume it */
+		return -ETIMEDOUT;
 	}
-	ret = fin.sent ? fin.ret : -EIO;
-	if (ret == -ESHUTDOWN) {
-		set_err(why, whylen, ret, "the guest powered off or crashed during the update");
-		goto out_fail;
-	}
-	if (ret < 0) {
-		set_err(why, whylen, ret, "cannot send the state: %s", strerror(-ret));
-		goto out_fail;
-	}
+	if (f == 1 && late == CPR_MSG_REFUSED)
+		cpr_proto_recv_reason(x->sock, x->why, x->whylen);
+	else
+		snprintf(x->why, x->whylen, "the new process did not answer within %d ms; "
+			 "it was killed", cpr_proto_timeout_ms());
+	return -ETIMEDOUT;
+}
+
+/* The answer to phase 2: RUNNING, or why not. */
+static int xout_wait_running(struct xout *x)
+{
 	/* Not awake when the answer comes: woken by RUNNING on the CPU where
 	 * the new side's main thread lets its vCPU threads go, this thread
 	 * would be picked before them when the main thread yields. The answer
 	 * comes ~0.1 ms after the stream; a refusal is taken up this much
 	 * later. */
-	{
-		const struct timespec nap = { .tv_nsec = XFER_ANSWER_NAP_US * 1000 };
+	const struct timespec nap = { .tv_nsec = XFER_ANSWER_NAP_US * 1000 };
+	int ret;
+	char c;
 
-		nanosleep(&nap, NULL);
-	}
-	ret = cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen);
-	if (ret == -ETIMEDOUT) {
-		/* The new process may still take the guest: it must be gone
-		 * before the guest can run here. */
-		char late = 0;
-		int f = cpr_proto_fence(sock, &late);
-		if (f < 0 || (f == 1 && late == CPR_MSG_RUNNING)) {
-			set_err(why, whylen, ret, "the new process did not answer within %d ms and %s; "
-				"the guest stays stopped here (it may have run there)",
-				cpr_proto_timeout_ms(), f < 0 ? "could not be killed" :
-				"was killed after taking the guest");
-			vm->state = RUN_STATE_PAUSED;
-			stopped = false; /* never resume it */
-			goto out_fail;
-		}
-		if (f == 1 && late == CPR_MSG_REFUSED)
-			cpr_proto_recv_reason(sock, why, whylen);
-		else
-			snprintf(why, whylen, "the new process did not answer within %d ms; "
-				 "it was killed", cpr_proto_timeout_ms());
-		ret = -ETIMEDOUT;
-		goto out_fail;
-	}
+	nanosleep(&nap, NULL);
+	ret = cpr_proto_wait(x->sock, xout_timeout_ms(x), &c, x->why, x->whylen);
+	if (ret == -ETIMEDOUT)
+		return xout_fence(x);
 	if (ret < 0)
-		goto out_fail;
+		return ret;
 	if (c != CPR_MSG_RUNNING) {
-		cpr_proto_recv_reason(sock, why, whylen);
-		ret = -ECANCELED;
-		goto out_fail;
+		cpr_proto_recv_reason(x->sock, x->why, x->whylen);
+		return -ECANCELED;
 	}
-	/* RUNNING: from here on only the new side runs the guest. */
+	return 0;
+}
+
+/* RUNNING: from here on only the new side runs the guest. */
+static void xout_commit(struct xout *x)
+{
+	struct vm *vm = x->vm;
+	char c;
+
 	trace_mark("got-R");
 	vcpu_all_step_aside(vm);
-	cpr_proto_send(sock, CPR_MSG_GO);
+	cpr_proto_send(x->sock, CPR_MSG_GO);
 	vm_emit_stop(vm);
-	if (cpr_proto_wait(sock, live ? -1 : cpr_proto_timeout_ms(), &c, why, whylen) < 0 ||
+	if (cpr_proto_wait(x->sock, xout_timeout_ms(x), &c, x->why, x->whylen) < 0 ||
 	    c != CPR_MSG_KEPT)
-		pr_warn("live update: no confirmation from the new process (%s)", why);
+		pr_warn("live update: no confirmation from the new process (%s)", x->why);
 	vm->migration.status = "completed";
-	vm->migration.downtime_us = (int64_t)(mono_ns() - cs->stop_ns) / 1000;
+	vm->migration.downtime_us = (int64_t)(mono_ns() - x->cs->stop_ns) / 1000;
 	vm->handed_over = true;
-	trace_dump("old", cs->stop_ns);
-	ret = 0;
-	goto out;
+	trace_dump("old", x->cs->stop_ns);
+}
 
+int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whylen)
+{
+	struct xout x = { .vm = vm, .sock = sock, .live = live, .why = why, .whylen = whylen,
+			  .cs = calloc(1, sizeof(*x.cs)), .ho = calloc(1, sizeof(*x.ho)),
+			  .vstates = calloc(vm->nr_vcpus, sizeof(*x.vstates)),
+			  .cargs = calloc(vm->nr_vcpus, sizeof(*x.cargs)),
+			  .vargs = calloc(vm->nr_vcpus, sizeof(*x.vargs)), .b = SBUF_INIT,
+			  .early = { -1, -1 } };
+	int ret;
+
+	x.fin = (struct capture_fin){ .vm = vm, .cs = x.cs, .ho = x.ho, .vstates = x.vstates,
+				      .b = &x.b, .sock = sock, .left = vm->nr_vcpus };
+	ret = xout_prepare(&x);
+	if (ret < 0)
+		goto out;
+	if ((ret = xout_send_config(&x)) < 0 || (ret = xout_wait_ready(&x)) < 0 ||
+	    (ret = xout_stop_and_send(&x)) < 0 || (ret = xout_wait_running(&x)) < 0)
+		goto out_fail;
+	xout_commit(&x);
+	goto out;
 out_fail:
 	/* A failed outgoing update leaves the guest running here, as it was. */
 	cpr_batch_end(NULL);
-	if (stopped) {
+	if (x.stopped) {
 		chardev_set_frozen(vm->serial_chr, false);
 		vm_resume(vm);
 	}
 out:
 	vm_emit_stop(vm); /* if still owed (a guest left stopped) */
 	for (int i = 0; i < 2; i++)
-		if (early[i] >= 0)
-			close(early[i]);
-	for (int i = 0; cargs && i < vm->nr_vcpus; i++)
-		cpr_early_out_free(&cargs[i].early);
-	free(cargs);
-	sbuf_free(&b);
-	free(vargs);
-	free(vstates);
-	free(ho);
-	free(cs);
+		if (x.early[i] >= 0)
+			close(x.early[i]);
+	for (int i = 0; x.cargs && i < vm->nr_vcpus; i++)
+		cpr_early_out_free(&x.cargs[i].early);
+	free(x.cargs);
+	sbuf_free(&x.b);
+	free(x.vargs);
+	free(x.vstates);
+	free(x.ho);
+	free(x.cs);
 	return ret;
 }
 
