@@ -220,7 +220,7 @@ static void vcpu_do_job(struct vcpu *v)
 	trace_mark("job-done");
 	if (__atomic_exchange_n(&v->unbatch_after_job, false, __ATOMIC_ACQ_REL)) {
 		/* Placed late, SCHED_BATCH so as not to preempt the old side's
-		 * runner (cpr.c, "Placement"): its policy back while it waits,
+		 * runner (cpr/place.c): its policy back while it waits,
 		 * not later from another thread (an IPI, and a detour through
 		 * the scheduler on its way into the guest). */
 		struct sched_param sp = { 0 };

@@ -1,5 +1,5 @@
 /* vcpu_early.c — a vCPU's early state, one message per part (live update,
- * see cpr.c "Early state"): each part goes out as soon as the old side has
+ * see cpr/early.c): each part goes out as soon as the old side has
  * read it, and the new side sets it while the old side still reads the next.
  * Parts, in the order they are read and set: XSAVE, the LAPIC, the MSRs
  * (with the TSC offset), the registers (MP state, registers, special
@@ -172,7 +172,7 @@ int vcpu_early_decode(const void *buf, size_t len, uint32_t *vcpu_id, enum vcpu_
 
 /* --- a whole vCPU: the four parts, one after the other --------------------
  * What a live update's stream carries when the new side has the early
- * messages already (cpr.c, "Early state"): their very bytes, so the new
+ * messages already (cpr/early.c): their very bytes, so the new
  * side compares instead of decoding. */
 
 _Static_assert(sizeof(struct early_regs) <= VCPU_EARLY_REGS_MAX, "VCPU_EARLY_REGS_MAX");

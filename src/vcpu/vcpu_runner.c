@@ -12,7 +12,7 @@
  * as any library can tell, so the thread itself touches nothing but raw
  * system calls until the runner has exited. It shares the fd table too. The
  * exec then kills only the blocked threads and the guest keeps running,
- * while the new image starts and builds its VM; the cpr keeper (cpr.c) stops
+ * while the new image starts and builds its VM; the cpr keeper (cpr/exec_live.c) stops
  * the runners and hands the state over at the end, and ends them if the
  * process dies. If the exec fails, the runners give the vCPUs back.
  *
@@ -262,8 +262,8 @@ void vcpu_all_step_aside(struct vm *vm)
 		if (sched_getscheduler(tid) == SCHED_OTHER)
 			sched_setscheduler(tid, runner ? SCHED_IDLE : SCHED_BATCH, &sp);
 		/* Woken to end next to the new side's vCPU thread, placed on
-		 * the CPU this task ran the guest on before the stop (cpr.c,
-		 * "Placement"), it would take that CPU from the guest for as
+		 * the CPU this task ran the guest on before the stop (cpr/place.c),
+		 * it would take that CPU from the guest for as
 		 * long as its end takes. */
 		if (cpu >= 0 && cpu < CPU_SETSIZE &&
 		    sched_getaffinity(tid, sizeof(set), &set) == 0 && CPU_ISSET(cpu, &set) &&

@@ -72,7 +72,7 @@ int vcpu_set_msrs(struct vcpu *v, struct kvm_msrs *buf, uint32_t n);
  * fewer ioctls (registers through kvm_run, KVM_CAP_SYNC_REGS; on restore,
  * what equals the fresh vCPU's base is not set again). */
 int vcpu_state_capture_parked(struct vcpu *v, struct vcpu_state *s);
-/* A live update's early state (vcpu_early.c, cpr.c "Early state"): the
+/* A live update's early state (vcpu_early.c, cpr/early.c): the
  * parts of a vCPU's state in the order they are read and set. */
 enum vcpu_early_part {
 	VCPU_EARLY_XSAVE = 1,

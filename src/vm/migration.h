@@ -27,7 +27,7 @@ struct migration {
 	int64_t total_us, downtime_us, setup_us;
 	uint64_t transferred, total;
 	bool have_phases;
-	int64_t phases_us[6]; /* live update blackout, see cpr.c */
+	int64_t phases_us[6]; /* live update blackout, see cpr/takeover.c */
 	/* Live update: when the vCPUs stopped and when they ran again
 	 * (CLOCK_MONOTONIC, us; the same clock in every process here). */
 	int64_t blackout_start_us, blackout_end_us;

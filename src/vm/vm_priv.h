@@ -54,7 +54,7 @@ struct vcpu {
 	bool exit_busy;
 	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
 	int keeper_fd; /* runner: a pidfd of the cpr keeper, -1 if none */
-	/* Pinned for a live update's blackout (cpr.c, "Placement"). */
+	/* Pinned for a live update's blackout (cpr/place.c). */
 	bool placed, placed_batch;
 	int place_cpu; /* cpr-exec, new side: where to place it late (-1) */
 	bool unbatch_after_job; /* ... and back to SCHED_OTHER after its job */
@@ -146,18 +146,18 @@ struct vm {
 	 * the resume would wait for that task. */
 	int waker_cpu;
 	/* Waiting vCPU threads yield at every turn, waker_cpu or not: they
-	 * were placed on a CPU where the old side still works (cpr.c). */
+	 * were placed on a CPU where the old side still works (cpr/place.c). */
 	bool spin_polite;
 	/* Live update, new side (cpr-exec): the vCPU threads are placed at
 	 * the first early message, and the registers part is set by the
-	 * thread that takes it, not by a job on the vCPU's thread (cpr.c,
-	 * "Placement"). */
+	 * thread that takes it, not by a job on the vCPU's thread
+	 * (cpr/place.c). */
 	bool place_late, early_regs_here;
 
 	/* The guest runs elsewhere now (live update): what is left of this VM
 	 * is torn down at idle priority, not to steal the guest's CPU. */
 	bool handed_over;
-	/* Live cpr-exec: the keeper that will end the runners (cpr.c); a
+	/* Live cpr-exec: the keeper that will end the runners (cpr/exec_live.c); a
 	 * runner that finds it gone ends itself (vcpu.c, "Runners"). */
 	int keeper_pid;
 
