@@ -111,10 +111,10 @@ void cpr_early_in_init(struct cpr_early_in *in, struct vm *vm, const struct cpr_
 	for (int i = 0; in->buf && in->tmp && i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 
-		if (!v->early && (v->early = calloc(1, sizeof(*v->early))))
-			cpr_touch_pages(v->early, sizeof(*v->early));
-		if (!v->early_msgs && (v->early_msgs = malloc(VCPU_EARLY_ALL_MAX)))
-			cpr_touch_pages(v->early_msgs, VCPU_EARLY_ALL_MAX);
+		if (!v->lu.early && (v->lu.early = calloc(1, sizeof(*v->lu.early))))
+			cpr_touch_pages(v->lu.early, sizeof(*v->lu.early));
+		if (!v->lu.early_msgs && (v->lu.early_msgs = malloc(VCPU_EARLY_ALL_MAX)))
+			cpr_touch_pages(v->lu.early_msgs, VCPU_EARLY_ALL_MAX);
 	}
 	if (!in->buf || !in->tmp) {
 		cpr_early_in_free(in);
@@ -208,7 +208,7 @@ bool cpr_early_sections_ok(struct vm *vm, const struct cpr_state *cs, int early_
 	    test_fault(TEST_FAULT_NEW_CLASSIC))
 		return false;
 	for (int i = 0; i < vm->nr_vcpus; i++)
-		if (!vm->vcpus[i].early || !vm->vcpus[i].early_msgs)
+		if (!vm->vcpus[i].lu.early || !vm->vcpus[i].lu.early_msgs)
 			return false;
 	return true;
 }

@@ -66,7 +66,7 @@ void cpr_batch_end(struct vm *vm)
 }
 
 /* Pins v's thread to cpu, if its CPU set holds cpu (that set kept in
- * v->cpus_before), and makes it SCHED_BATCH if it was SCHED_OTHER (*batched
+ * v->lu.cpus_before), and makes it SCHED_BATCH if it was SCHED_OTHER (*batched
  * says so): woken there at normal priority it would preempt the guest, or
  * the capture, at once; SCHED_BATCH does not. */
 static bool cpr_pin_vcpu(struct vcpu *v, int cpu, bool *batched)
@@ -75,8 +75,8 @@ static bool cpr_pin_vcpu(struct vcpu *v, int cpu, bool *batched)
 	cpu_set_t one;
 
 	if (cpu < 0 || cpu >= CPU_SETSIZE || v->tid <= 0 ||
-	    sched_getaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before) < 0 ||
-	    !CPU_ISSET(cpu, &v->cpus_before))
+	    sched_getaffinity(v->tid, sizeof(v->lu.cpus_before), &v->lu.cpus_before) < 0 ||
+	    !CPU_ISSET(cpu, &v->lu.cpus_before))
 		return false;
 	CPU_ZERO(&one);
 	CPU_SET(cpu, &one);
@@ -84,7 +84,7 @@ static bool cpr_pin_vcpu(struct vcpu *v, int cpu, bool *batched)
 		return false;
 	*batched = sched_getscheduler(v->tid) == SCHED_OTHER &&
 		   sched_setscheduler(v->tid, SCHED_BATCH, &sp) == 0;
-	v->placed = true;
+	v->lu.placed = true;
 	return true;
 }
 
@@ -99,18 +99,18 @@ void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 		uint32_t r = (uint32_t)i < cs->run_tid_len / sizeof(cs->run_tid[0]) ? cs->run_tid[i]
 										      : 0;
 
-		v->place_cpu = r ? task_last_cpu((int)r) : -1;
-		if (v->place_cpu >= 0 && v->place_cpu < CPU_SETSIZE)
+		v->lu.place_cpu = r ? task_last_cpu((int)r) : -1;
+		if (v->lu.place_cpu >= 0 && v->lu.place_cpu < CPU_SETSIZE)
 			vm->place_late = vm->early_regs_here = true;
 		else
-			v->place_cpu = -1;
+			v->lu.place_cpu = -1;
 	}
 
 	for (int i = 0; i < vm->nr_vcpus && (uint32_t)i < n; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		int cpu = cs->vcpu_tid[i] ? task_last_cpu((int)cs->vcpu_tid[i]) : -1;
 
-		if (cpr_pin_vcpu(v, cpu, &v->placed_batch))
+		if (cpr_pin_vcpu(v, cpu, &v->lu.placed_batch))
 			any = true;
 	}
 	if (any) {
@@ -126,13 +126,13 @@ void cpr_place_vcpus_late(struct vm *vm)
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		int cpu = v->place_cpu;
+		int cpu = v->lu.place_cpu;
 		bool batched;
 
-		v->place_cpu = -1;
+		v->lu.place_cpu = -1;
 		if (cpr_pin_vcpu(v, cpu, &batched)) {
 			any = true;
-			__atomic_store_n(&v->unbatch_after_job, batched, __ATOMIC_RELEASE);
+			__atomic_store_n(&v->lu.unbatch_after_job, batched, __ATOMIC_RELEASE);
 		}
 	}
 	if (any) {
@@ -185,13 +185,13 @@ void cpr_unplace_vcpus(struct vm *vm)
 		struct vcpu *v = &vm->vcpus[i];
 		struct sched_param sp = { 0 };
 
-		if (!v->placed)
+		if (!v->lu.placed)
 			continue;
-		sched_setaffinity(v->tid, sizeof(v->cpus_before), &v->cpus_before);
+		sched_setaffinity(v->tid, sizeof(v->lu.cpus_before), &v->lu.cpus_before);
 		/* (Placed late with no job run since: back from here.) */
-		if (v->placed_batch || /* a policy set by the user stays */
-		    __atomic_exchange_n(&v->unbatch_after_job, false, __ATOMIC_ACQ_REL))
+		if (v->lu.placed_batch || /* a policy set by the user stays */
+		    __atomic_exchange_n(&v->lu.unbatch_after_job, false, __ATOMIC_ACQ_REL))
 			sched_setscheduler(v->tid, SCHED_OTHER, &sp);
-		v->placed = v->placed_batch = false;
+		v->lu.placed = v->lu.placed_batch = false;
 	}
 }

@@ -107,8 +107,8 @@ static int takeover_start(struct cpr_takeover *t)
 	for (int i = 0; ret == 0 && !cs->guest_paused && i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 
-		if (v->placed && (uint32_t)i < t->snap.nr_vcpus)
-			cpr_guest_prefault(vm, v->early && v->early_regs_ok ? v->early
+		if (v->lu.placed && (uint32_t)i < t->snap.nr_vcpus)
+			cpr_guest_prefault(vm, v->lu.early && v->lu.early_regs_ok ? v->lu.early
 									 : &t->snap.vcpus[i]);
 	}
 	trace_mark("prefaulted");

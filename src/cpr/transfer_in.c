@@ -226,7 +226,7 @@ static void xin_report(struct cpr_takeover *t)
 	for (uint32_t i = 0; i < t->snap.nr_vcpus && i < CPRVM_MAX_CPUS; i++)
 		msgs += t->snap.vcpu_early[i] != NULL;
 	for (int i = 0; i < t->vm->nr_vcpus; i++)
-		ahead += t->vm->vcpus[i].msrs_ahead;
+		ahead += t->vm->vcpus[i].lu.msrs_ahead;
 	vm_cpr_vcpu_state(t->vm, t->snap.nr_vcpus, t->snap.nr_set_early, msgs, ahead);
 }
 

@@ -240,7 +240,7 @@ static int xout_stop_and_send(struct xout *x)
 	/* Where each vCPU runs now: the new side pins its own there
 	 * (place.c), and the old tasks step aside from it after RUNNING. */
 	for (int i = 0; i < vm->nr_vcpus; i++)
-		vm->vcpus[i].run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
+		vm->vcpus[i].lu.run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
 	x->cs->stop_ns = mono_ns();
 	trace_mark("stop");
 	x->cs->guest_paused = vm->state == RUN_STATE_PAUSED;

@@ -74,9 +74,9 @@ int vcpu_init(struct vcpu *v, struct vm *vm, int id)
 
 	v->vm = vm;
 	v->id = id;
-	v->run_cpu = -1;
-	v->place_cpu = -1;
-	v->keeper_fd = -1;
+	v->lu.run_cpu = -1;
+	v->lu.place_cpu = -1;
+	v->lu.keeper_fd = -1;
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, id);
 	if (v->fd < 0)
 		return -errno;
@@ -193,7 +193,7 @@ static void vcpu_spin_parked(struct vcpu *v, bool runner, uint64_t end)
 	for (unsigned n = 1; __atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) &&
 			     !__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) &&
 			     !__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
-			     !(runner && __atomic_load_n(&v->runner_exit, __ATOMIC_ACQUIRE));
+			     !(runner && __atomic_load_n(&v->lu.runner_exit, __ATOMIC_ACQUIRE));
 	     n++) {
 		if (!(n % 64)) {
 			int waker = __atomic_load_n(&vm->waker_cpu, __ATOMIC_ACQUIRE);
@@ -218,7 +218,7 @@ static void vcpu_do_job(struct vcpu *v)
 	trace_mark("job");
 	v->job_ret = fn(v, v->job_arg);
 	trace_mark("job-done");
-	if (__atomic_exchange_n(&v->unbatch_after_job, false, __ATOMIC_ACQ_REL)) {
+	if (__atomic_exchange_n(&v->lu.unbatch_after_job, false, __ATOMIC_ACQ_REL)) {
 		/* Placed late, SCHED_BATCH so as not to preempt the old side's
 		 * runner (cpr/place.c): its policy back while it waits,
 		 * not later from another thread (an IPI, and a detour through
@@ -353,9 +353,9 @@ bool vcpu_wait_all_out(struct vm *vm, unsigned max_us)
 /* A runner: whether the keeper is gone (its pidfd readable). */
 static bool keeper_gone(struct vcpu *v)
 {
-	struct pollfd p = { .fd = v->keeper_fd, .events = POLLIN };
+	struct pollfd p = { .fd = v->lu.keeper_fd, .events = POLLIN };
 
-	return v->keeper_fd >= 0 && poll(&p, 1, 0) > 0;
+	return v->lu.keeper_fd >= 0 && poll(&p, 1, 0) > 0;
 }
 
 /* Parks while a pause is requested. Returns false if the loop must end. */
@@ -380,7 +380,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	v->parked = true;
 	vm->nr_parked++;
 	pthread_cond_broadcast(&vm->cond);
-	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->runner_exit)) {
+	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->lu.runner_exit)) {
 		if (v->job_fn) {
 			pthread_mutex_unlock(&vm->lock);
 			vcpu_do_job(v);
@@ -397,7 +397,7 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 				continue;
 			}
 		}
-		if (runner && v->keeper_fd >= 0) {
+		if (runner && v->lu.keeper_fd >= 0) {
 			struct timespec ts;
 
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -408,12 +408,12 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 			}
 			pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
 			if (keeper_gone(v))
-				v->runner_exit = true;
+				v->lu.runner_exit = true;
 			continue;
 		}
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	}
-	stop = vm->stop_req || (runner && v->runner_exit);
+	stop = vm->stop_req || (runner && v->lu.runner_exit);
 	if (v->run_sigmask)
 		vcpu_eat_kick(); /* kicks that came while parked: none is owed */
 	vm->nr_parked--;
@@ -436,9 +436,9 @@ void vcpu_loop(struct vcpu *v, bool runner)
 	for (;;) {
 		if (__atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST))
 			break;
-		if (runner && __atomic_load_n(&v->runner_exit, __ATOMIC_SEQ_CST))
+		if (runner && __atomic_load_n(&v->lu.runner_exit, __ATOMIC_SEQ_CST))
 			return;
-		if (!runner && __atomic_load_n(&v->runner_req, __ATOMIC_SEQ_CST)) {
+		if (!runner && __atomic_load_n(&v->lu.runner_req, __ATOMIC_SEQ_CST)) {
 			__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 			vcpu_hand_to_runner(v);
 			owed = true;
@@ -499,7 +499,7 @@ void vcpu_loop(struct vcpu *v, bool runner)
 				owed = false;
 				if (runner && keeper_gone(v)) {
 					pr_err("vCPU %d: the cpr keeper is gone; the guest stops", v->id);
-					__atomic_store_n(&v->runner_exit, true, __ATOMIC_SEQ_CST);
+					__atomic_store_n(&v->lu.runner_exit, true, __ATOMIC_SEQ_CST);
 				}
 				continue;
 			}
@@ -589,7 +589,7 @@ void vcpu_kick(struct vcpu *v)
 	__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	/* A runner, if one has the vCPU. If it exits meanwhile, its thread
 	 * sees the flag and immediate_exit before its next KVM_RUN anyway. */
-	tid = __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST);
+	tid = __atomic_load_n(&v->lu.runner_tid, __ATOMIC_SEQ_CST);
 	if (tid > 0 && syscall(SYS_tgkill, tid, tid, VCPU_KICK_SIGNAL) == 0)
 		return;
 	pthread_kill(v->thread, VCPU_KICK_SIGNAL);
@@ -604,12 +604,12 @@ void vcpu_destroy(struct vcpu *v)
 	if (v->run)
 		munmap(v->run, v->run_size);
 	v->run = NULL;
-	free(v->early);
-	v->early = NULL;
-	free(v->early_msgs);
-	v->early_msgs = NULL;
-	free(v->ahead);
-	v->ahead = NULL;
+	free(v->lu.early);
+	v->lu.early = NULL;
+	free(v->lu.early_msgs);
+	v->lu.early_msgs = NULL;
+	free(v->lu.ahead);
+	v->lu.ahead = NULL;
 	if (v->fd >= 0)
 		close(v->fd);
 	v->fd = -1;

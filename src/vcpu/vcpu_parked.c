@@ -136,12 +136,12 @@ int vcpu_state_read_ahead(struct vcpu *v, struct vcpu_state *s)
 
 int vcpu_state_apply_ahead(struct vcpu *v, const struct vcpu_state *s)
 {
-	struct vcpu_ahead *a = v->ahead;
+	struct vcpu_ahead *a = v->lu.ahead;
 	int ret;
 
 	if (!s->have_tsc_offset || s->nr_msrs > VCPU_MAX_MSRS)
 		return -EINVAL;
-	if (!a && !(a = v->ahead = malloc(sizeof(*a))))
+	if (!a && !(a = v->lu.ahead = malloc(sizeof(*a))))
 		return -ENOMEM;
 	a->nr_msrs = 0;
 	/* A fresh vCPU's late MSRs are zero: where the guest's are not,
@@ -158,7 +158,7 @@ int vcpu_state_apply_ahead(struct vcpu *v, const struct vcpu_state *s)
  * the same values (the late ones aside) and the same TSC offset. */
 static bool ahead_stands(const struct vcpu *v, const struct vcpu_state *s)
 {
-	const struct vcpu_ahead *a = v->ahead;
+	const struct vcpu_ahead *a = v->lu.ahead;
 
 	if (!a || !a->nr_msrs || a->nr_msrs != s->nr_msrs || !s->have_tsc_offset ||
 	    a->tsc_offset != s->tsc_offset)
@@ -204,7 +204,7 @@ static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s
  * to get a CPU for a job. */
 static int early_regs_job(struct vcpu *v, void *arg)
 {
-	struct vcpu_state *e = v->early;
+	struct vcpu_state *e = v->lu.early;
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	int ret = 0;
 
@@ -224,21 +224,21 @@ static int early_regs_job(struct vcpu *v, void *arg)
 	}
 	if (ret == 0)
 		trace_mark("early-regs-set");
-	__atomic_store_n(&v->early_regs_ok, ret == 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&v->lu.early_regs_ok, ret == 0, __ATOMIC_RELEASE);
 	return 0; /* a failure only means the restore does it all */
 }
 
 int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
 			   const void *msg, size_t msg_len)
 {
-	struct vcpu_state *e = v->early;
+	struct vcpu_state *e = v->lu.early;
 	bool ahead;
 	int ret = 0;
 
 	if (!e)
 		return -ENOMEM;
-	if (v->early_broken || (int)part != v->early_parts + 1) {
-		v->early_broken = true;
+	if (v->lu.early_broken || (int)part != v->lu.early_parts + 1) {
+		v->lu.early_broken = true;
 		return -EPROTO;
 	}
 	switch (part) {
@@ -262,7 +262,7 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 			ret = vcpu_load_msrs(v, s, MSRS_LATE);
 		else if ((ret = vcpu_load_msrs(v, s, MSRS_ALL)) == 0)
 			ret = vcpu_load_tsc_offset(v, s, true);
-		v->msrs_ahead = ahead && ret == 0;
+		v->lu.msrs_ahead = ahead && ret == 0;
 		if (ret == 0) {
 			e->nr_msrs = s->nr_msrs;
 			memcpy(e->msrs, s->msrs, s->nr_msrs * sizeof(s->msrs[0]));
@@ -288,7 +288,7 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		e->debugregs = s->debugregs;
 		/* What the job sets is no longer the fresh vCPU's. */
 		v->base.valid = false;
-		v->early_regs_ok = false;
+		v->lu.early_regs_ok = false;
 		if (v->vm->early_regs_here)
 			early_regs_job(v, NULL);
 		else
@@ -298,18 +298,18 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		break;
 	}
 	if (ret < 0) {
-		v->early_broken = true;
+		v->lu.early_broken = true;
 		return ret;
 	}
-	v->early_parts = part;
+	v->lu.early_parts = part;
 	if (part == VCPU_EARLY_XSAVE)
-		v->early_msgs_len = 0;
-	if (v->early_msgs && v->early_msgs_len <= VCPU_EARLY_ALL_MAX &&
-	    msg_len <= VCPU_EARLY_ALL_MAX - v->early_msgs_len) {
-		memcpy(v->early_msgs + v->early_msgs_len, msg, msg_len);
-		v->early_msgs_len += msg_len;
+		v->lu.early_msgs_len = 0;
+	if (v->lu.early_msgs && v->lu.early_msgs_len <= VCPU_EARLY_ALL_MAX &&
+	    msg_len <= VCPU_EARLY_ALL_MAX - v->lu.early_msgs_len) {
+		memcpy(v->lu.early_msgs + v->lu.early_msgs_len, msg, msg_len);
+		v->lu.early_msgs_len += msg_len;
 	} else {
-		v->early_msgs_len = SIZE_MAX; /* never the same */
+		v->lu.early_msgs_len = SIZE_MAX; /* never the same */
 	}
 	return 0;
 }
@@ -317,19 +317,19 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 /* Every part was set early, the registers' job included. */
 static bool early_all_set(struct vcpu *v)
 {
-	return v->early && !v->early_broken && v->early_parts == VCPU_EARLY_PARTS &&
-	       __atomic_load_n(&v->early_regs_ok, __ATOMIC_ACQUIRE);
+	return v->lu.early && !v->lu.early_broken && v->lu.early_parts == VCPU_EARLY_PARTS &&
+	       __atomic_load_n(&v->lu.early_regs_ok, __ATOMIC_ACQUIRE);
 }
 
 bool vcpu_state_early_complete(struct vcpu *v, const struct vcpu_state *s)
 {
-	return early_all_set(v) && early_matches(v->early, s, VCPU_EARLY_PARTS);
+	return early_all_set(v) && early_matches(v->lu.early, s, VCPU_EARLY_PARTS);
 }
 
 bool vcpu_state_early_same(struct vcpu *v, const void *all, size_t len)
 {
-	return early_all_set(v) && v->early_msgs && v->early_msgs_len == len &&
-	       !memcmp(v->early_msgs, all, len);
+	return early_all_set(v) && v->lu.early_msgs && v->lu.early_msgs_len == len &&
+	       !memcmp(v->lu.early_msgs, all, len);
 }
 
 int vcpu_state_read_base(struct vcpu *v)
@@ -399,9 +399,9 @@ int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool sam
 	/* What was set ahead (XSAVE, LAPIC, MSRs, TSC offset) stands if the
 	 * stream says the same, and nothing was set in between that resets it
 	 * (MP state, the APIC base). */
-	early = v->early && !v->early_broken && v->early_parts >= VCPU_EARLY_MSRS && sync &&
+	early = v->lu.early && !v->lu.early_broken && v->lu.early_parts >= VCPU_EARLY_MSRS && sync &&
 		same_host && !memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) &&
-		early_matches(v->early, s, VCPU_EARLY_MSRS);
+		early_matches(v->lu.early, s, VCPU_EARLY_MSRS);
 	ret = vcpu_load_rest(v, s, same_host, true, early);
 	if (ret < 0)
 		return ret;

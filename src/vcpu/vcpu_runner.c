@@ -68,8 +68,8 @@ static int vcpu_runner_main(void *arg)
 	}
 	/* The keeper's pulse: a pidfd, looked at on a 100 ms timer (its
 	 * signal is the kick's: KVM_RUN returns, the loop looks). */
-	v->keeper_fd = vm->keeper_pid > 0 ? (int)syscall(SYS_pidfd_open, vm->keeper_pid, 0) : -1;
-	if (v->keeper_fd >= 0) {
+	v->lu.keeper_fd = vm->keeper_pid > 0 ? (int)syscall(SYS_pidfd_open, vm->keeper_pid, 0) : -1;
+	if (v->lu.keeper_fd >= 0) {
 		struct sigevent ev = { .sigev_notify = SIGEV_THREAD_ID,
 				       .sigev_signo = VCPU_KICK_SIGNAL };
 		struct itimerspec its = { .it_value.tv_nsec = 100000000,
@@ -82,17 +82,17 @@ static int vcpu_runner_main(void *arg)
 		}
 	}
 	pthread_mutex_lock(&vm->lock);
-	v->runner_live = true;
+	v->lu.runner_live = true;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	vcpu_loop(v, true);
 	if (have_timer)
 		timer_delete(keeper_timer);
-	if (v->keeper_fd >= 0)
-		close(v->keeper_fd);
-	v->keeper_fd = -1;
+	if (v->lu.keeper_fd >= 0)
+		close(v->lu.keeper_fd);
+	v->lu.keeper_fd = -1;
 	pthread_mutex_lock(&vm->lock);
-	v->runner_live = false;
+	v->lu.runner_live = false;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
 	return 0;
@@ -114,16 +114,16 @@ void vcpu_hand_to_runner(struct vcpu *v)
 		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
 	if (stack != MAP_FAILED) {
 		mprotect(stack, 4096, PROT_NONE); /* guard page */
-		__atomic_store_n(&v->runner_req, false, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&v->lu.runner_req, false, __ATOMIC_SEQ_CST);
 		tid = clone(vcpu_runner_main, (char *)stack + RUNNER_STACK,
 			    CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_PARENT_SETTID |
 				    CLONE_CHILD_CLEARTID | SIGCHLD,
-			    v, &v->runner_tid, NULL, &v->runner_tid);
+			    v, &v->lu.runner_tid, NULL, &v->lu.runner_tid);
 	}
 	if (tid <= 0) {
 		pthread_mutex_lock(&vm->lock);
-		v->runner_req = false;
-		v->runner_failed = true;
+		v->lu.runner_req = false;
+		v->lu.runner_failed = true;
 		pthread_cond_broadcast(&vm->cond);
 		pthread_mutex_unlock(&vm->lock);
 		if (stack != MAP_FAILED)
@@ -136,7 +136,7 @@ void vcpu_hand_to_runner(struct vcpu *v)
 	 * with ECHILD then); if the image exec()s first, this thread dies
 	 * here. */
 	while (syscall(SYS_wait4, tid, NULL, __WALL, NULL) < 0 &&
-	       __atomic_load_n(&v->runner_tid, __ATOMIC_SEQ_CST) == tid)
+	       __atomic_load_n(&v->lu.runner_tid, __ATOMIC_SEQ_CST) == tid)
 		;
 	munmap(stack, RUNNER_STACK);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -149,15 +149,15 @@ int vcpu_runners_start(struct vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		v->runner_failed = v->runner_exit = false;
-		__atomic_store_n(&v->runner_req, true, __ATOMIC_SEQ_CST);
+		v->lu.runner_failed = v->lu.runner_exit = false;
+		__atomic_store_n(&v->lu.runner_req, true, __ATOMIC_SEQ_CST);
 		vcpu_kick(v);
 	}
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
-		while (!v->runner_live && !v->runner_failed && !v->exited && v->thread_started)
+		while (!v->lu.runner_live && !v->lu.runner_failed && !v->exited && v->thread_started)
 			pthread_cond_wait(&vm->cond, &vm->lock);
-		failed |= !v->runner_live;
+		failed |= !v->lu.runner_live;
 	}
 	pthread_mutex_unlock(&vm->lock);
 	if (failed) {
@@ -171,13 +171,13 @@ void vcpu_runners_stop(struct vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		__atomic_store_n(&vm->vcpus[i].runner_req, false, __ATOMIC_SEQ_CST);
-		__atomic_store_n(&vm->vcpus[i].runner_exit, true, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vm->vcpus[i].lu.runner_req, false, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vm->vcpus[i].lu.runner_exit, true, __ATOMIC_SEQ_CST);
 		vcpu_kick(&vm->vcpus[i]);
 	}
 	pthread_cond_broadcast(&vm->cond);
 	for (int i = 0; i < vm->nr_vcpus; i++)
-		while (vm->vcpus[i].runner_live)
+		while (vm->vcpus[i].lu.runner_live)
 			pthread_cond_wait(&vm->cond, &vm->lock);
 	pthread_mutex_unlock(&vm->lock);
 	/* Each thread takes its vCPU back once its runner has exited. */
@@ -238,7 +238,7 @@ bool task_asleep(int tid)
 
 int vcpu_run_tid(const struct vcpu *v)
 {
-	int tid = __atomic_load_n(&v->runner_tid, __ATOMIC_ACQUIRE);
+	int tid = __atomic_load_n(&v->lu.runner_tid, __ATOMIC_ACQUIRE);
 
 	return tid > 0 ? tid : __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
 }
@@ -248,9 +248,9 @@ void vcpu_all_step_aside(struct vm *vm)
 	struct sched_param sp = { 0 };
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		bool runner = __atomic_load_n(&vm->vcpus[i].runner_tid, __ATOMIC_ACQUIRE) > 0;
+		bool runner = __atomic_load_n(&vm->vcpus[i].lu.runner_tid, __ATOMIC_ACQUIRE) > 0;
 		int tid = vcpu_run_tid(&vm->vcpus[i]);
-		int cpu = vm->vcpus[i].run_cpu;
+		int cpu = vm->vcpus[i].lu.run_cpu;
 		cpu_set_t set;
 
 		if (tid <= 0)

@@ -101,8 +101,8 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
  * must come in order, each set once: anything else, or a part KVM
  * refuses, ends the early state for that vCPU (-EPROTO and the like) and
  * the restore sets everything from the stream. A copy of what was set is
- * kept in v->early, and the message it came in (msg, msg_len) appended to
- * v->early_msgs when there is room (vcpu_state_early_same). */
+ * kept in v->lu.early, and the message it came in (msg, msg_len) appended to
+ * v->lu.early_msgs when there is room (vcpu_state_early_same). */
 int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const struct vcpu_state *s,
 			   const void *msg, size_t msg_len);
 /* Old side, on v's thread at an exit before the stop (the guest running):
@@ -110,7 +110,7 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 int vcpu_state_read_ahead(struct vcpu *v, struct vcpu_state *s);
 /* New side, before the stop, from the main thread: sets what
  * vcpu_state_read_ahead read (s), but the late MSRs (the TSC, its deadline,
- * the kvmclock wall clock), and keeps a copy in v->ahead. When the stream's
+ * the kvmclock wall clock), and keeps a copy in v->lu.ahead. When the stream's
  * MSRs part then says the same, vcpu_state_apply_early sets only the late
  * MSRs that are not zero: usually no ioctl in place of two. A failure only
  * means the blackout sets them all, as without it. */

@@ -19,61 +19,30 @@
 /* What KVM_RUN carries in kvm_run both ways (KVM_CAP_SYNC_REGS). */
 #define VCPU_SYNC_ALL (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS)
 
-struct vcpu {
-	struct vm *vm;
-	int id;
-	int fd;
-	struct kvm_run *run;
-	size_t run_size;
-	pthread_t thread;
-	int tid; /* the thread's, once it runs */
-	bool thread_started;
-	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
-	bool out; /* out of KVM_RUN for the current pause (atomic; see nr_out) */
-	bool exited; /* thread returned (guarded by vm->lock) */
-	/* Live cpr-exec (vcpu.c, "Runners"): while the image execs, a process
+/* What a live update keeps per vCPU, on either side. Written only by the
+ * live-update code (cpr/, vcpu_runner.c, vcpu_parked.c); a vCPU of a VM
+ * that never updates leaves it as vcpu_init made it. Embedded rather than
+ * allocated per update: vCPU threads and runners read it without a lock,
+ * and it must outlive every one of them. */
+struct vcpu_update {
+	/* Live cpr-exec (vcpu_runner.c): while the image execs, a process
 	 * sharing this address space runs the vCPU in place of its thread. */
 	int runner_tid;   /* kernel-written: set at clone, 0 once it is gone */
 	bool runner_req;  /* thread: hand the vCPU over to a runner */
 	bool runner_live; /* the runner runs the loop (guarded by vm->lock) */
 	bool runner_failed;
 	bool runner_exit; /* runner: give the vCPU back to its thread */
-	/* Work for the thread while it is parked (vcpu_jobs_post): KVM's vCPU
-	 * ioctls cost ~11 us each here and more from another CPU, so state
-	 * capture and restore run on the vCPU's own thread, all vCPUs at
-	 * once. NULL once done. */
-	int (*job_fn)(struct vcpu *v, void *arg);
-	void *job_arg;
-	int job_ret;
-	bool job_claimed; /* whoever runs it (its thread, or the poster) */
-	/* Work for the thread at the guest's next exit to cprvm while it runs
-	 * (vcpu_post_at_exit), not at a pause; busy while it runs. Guarded by
-	 * vm->lock; exit_fn also read without it. */
-	int (*exit_fn)(struct vcpu *v, void *arg);
-	void *exit_arg;
-	bool exit_busy;
-	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
-	int keeper_fd; /* runner: a pidfd of the cpr keeper, -1 if none */
+	int keeper_fd;    /* runner: a pidfd of the cpr keeper, -1 if none */
 	/* Pinned for a live update's blackout (cpr/place.c). */
 	bool placed, placed_batch;
 	int place_cpu; /* cpr-exec, new side: where to place it late (-1) */
 	bool unbatch_after_job; /* ... and back to SCHED_OTHER after its job */
 	int run_cpu; /* old side: where it ran the guest before the stop (-1) */
 	cpu_set_t cpus_before;
-	/* A fresh vCPU's state where a restore usually leaves it alone
-	 * (vcpu_state_read_base): equal parts are not set again. */
-	struct {
-		bool valid;
-		struct kvm_mp_state mp_state;
-		struct kvm_xcrs xcrs;
-		struct kvm_debugregs debugregs;
-		uint64_t apic_base;
-	} base;
-	/* Live update, new side: what was set ahead of the stream
-	 * (vcpu_state_apply_early): a copy, and how many parts, in order
-	 * (enum vcpu_early_part); broken: no more parts are taken. The
-	 * registers go in on the vCPU's thread (regs_ok once they did). NULL:
-	 * no early state. */
+	/* New side: what was set ahead of the stream (vcpu_state_apply_early):
+	 * a copy, and how many parts, in order (enum vcpu_early_part); broken:
+	 * no more parts are taken. The registers go in on the vCPU's thread
+	 * (regs_ok once they did). NULL: no early state. */
 	struct vcpu_state *early;
 	int early_parts;
 	bool early_broken;
@@ -89,6 +58,45 @@ struct vcpu {
 	 * blackout but the late ones. */
 	struct vcpu_ahead *ahead;
 	bool msrs_ahead;
+};
+
+struct vcpu {
+	struct vm *vm;
+	int id;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	int tid; /* the thread's, once it runs */
+	bool thread_started;
+	bool parked; /* out of KVM_RUN and waiting (guarded by vm->lock) */
+	bool out; /* out of KVM_RUN for the current pause (atomic; see nr_out) */
+	bool exited; /* thread returned (guarded by vm->lock) */
+	/* Work for the thread while it is parked (vcpu_jobs_post): KVM's vCPU
+	 * ioctls cost ~11 us each here and more from another CPU, so state
+	 * capture and restore run on the vCPU's own thread, all vCPUs at
+	 * once. NULL once done. */
+	int (*job_fn)(struct vcpu *v, void *arg);
+	void *job_arg;
+	int job_ret;
+	bool job_claimed; /* whoever runs it (its thread, or the poster) */
+	/* Work for the thread at the guest's next exit to cprvm while it runs
+	 * (vcpu_post_at_exit), not at a pause; busy while it runs. Guarded by
+	 * vm->lock; exit_fn also read without it. */
+	int (*exit_fn)(struct vcpu *v, void *arg);
+	void *exit_arg;
+	bool exit_busy;
+	bool run_sigmask; /* the kick is unblocked only inside KVM_RUN (vcpu.c) */
+	struct vcpu_update lu;
+	/* A fresh vCPU's state where a restore usually leaves it alone
+	 * (vcpu_state_read_base): equal parts are not set again. */
+	struct {
+		bool valid;
+		struct kvm_mp_state mp_state;
+		struct kvm_xcrs xcrs;
+		struct kvm_debugregs debugregs;
+		uint64_t apic_base;
+	} base;
 	/* Parked after a KVM_RUN that completed an exit and stored the
 	 * registers, special registers and events in kvm_run (vcpu.c): a
 	 * capture of a 1-vCPU VM reads them there, without a KVM_RUN of its
