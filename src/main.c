@@ -81,8 +81,6 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 	int c, verbose = 0;
 
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->restore_ram_fd = -1;
-	cfg->adopt_ram_fd = -1;
 	cfg->mem_size = CPRVM_DEFAULT_MEM;
 	cfg->nr_cpus = 1;
 	cfg->serial.kind = CHARDEV_STDIO;
@@ -143,8 +141,6 @@ static void parse_args(int argc, char **argv, struct vm_config *cfg)
 		    cfg->incoming);
 	if (cfg->incoming && !strcmp(cfg->incoming, "defer") && !cfg->qmp_path)
 		die("--incoming defer needs --qmp (state arrives with QMP migrate-incoming)");
-	if (cfg->incoming)
-		cfg->restoring = 1;
 	if (cfg->qmp_path && strlen(cfg->qmp_path) >= 108)
 		die("--qmp path is too long (max 107 bytes): %s", cfg->qmp_path);
 	log_set_level(verbose >= 2 ? LOG_DEBUG : verbose ? LOG_INFO : LOG_WARN);
@@ -206,6 +202,7 @@ int main(int argc, char **argv)
 	const struct cpr_qmp_hooks qmp_hooks = { .adopt = qmp_adopt, .attach = qmp_attach,
 						 .drop = qmp_drop, .ctx = &m };
 	struct snapshot *snap = NULL;
+	struct vm_build build = { .ram_fd = -1 };
 	struct loop *loop;
 	sigset_t sigs;
 	char err[512];
@@ -253,15 +250,18 @@ int main(int argc, char **argv)
 		if (ret < 0)
 			die("%s", err);
 	}
-	/* Incoming state is read and validated whole before any VM exists. */
+	/* Incoming state is read and validated whole before any VM exists;
+	 * a VM that waits for it (defer) loads no kernel either. */
+	build.restoring = cfg.incoming != NULL;
 	if (cfg.incoming && strcmp(cfg.incoming, "defer")) {
 		ret = snapshot_open(cfg.incoming + 5, &cfg, &snap, err, sizeof(err));
 		if (ret < 0) {
 			qmp_server_free(m.qmp);
 			die("%s", err);
 		}
+		snapshot_vm_build(snap, &build);
 	}
-	ret = vm_create(&m.vm, &cfg, loop, err, sizeof(err));
+	ret = vm_create(&m.vm, &cfg, &build, loop, err, sizeof(err));
 	if (ret == 0 && snap) {
 		ret = snapshot_apply(snap, m.vm, false, false, err, sizeof(err));
 		if (ret < 0)

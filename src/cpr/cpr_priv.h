@@ -183,6 +183,7 @@ struct cpr_takeover {
 	struct cpr_state *cs; /* the registry: what to claim, and the way back */
 	int sock;             /* to the old side; -1: stopped-first cpr-exec */
 	bool threads_parked;  /* vCPU threads made before the stop, parked */
+	bool warm_up;         /* build the VM with the warm-up slot (warmup.c) */
 	struct vm *vm;
 	bool qmp_adopted;
 	struct snapshot snap; /* the state, validated */

@@ -63,8 +63,8 @@ out_fail:
 
 int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
 {
-	struct vm_config cfg = vm->cfg;
 	struct snapshot *snap = NULL;
+	struct vm_build b;
 	int ret;
 
 	if (vm->state != RUN_STATE_INMIGRATE) {
@@ -76,15 +76,14 @@ int vm_incoming(struct vm *vm, const char *uri, char *err, size_t errlen)
 		snprintf(err, errlen, "incoming URI '%s' is not supported yet (use file:PATH)", uri);
 		return -ENOTSUP;
 	}
-	cfg.restore_ram_fd = -1;
-	ret = snapshot_open(uri + 5, &cfg, &snap, err, errlen);
+	ret = snapshot_open(uri + 5, &vm->cfg, &snap, err, errlen);
 	if (ret < 0)
 		return ret;
 	/* A full snapshot brings its own RAM: swap it in. The vCPUs have
 	 * never run, so the memslots may change. */
-	if (cfg.restore_ram_fd >= 0) {
-		ret = vm_replace_ram(vm, cfg.restore_ram_fd, cfg.restore_ram_off, cfg.mem_size,
-				     err, errlen);
+	snapshot_vm_build(snap, &b);
+	if (b.ram_fd >= 0) {
+		ret = vm_replace_ram(vm, b.ram_fd, b.ram_off, vm->cfg.mem_size, err, errlen);
 		if (ret < 0)
 			goto out;
 	}

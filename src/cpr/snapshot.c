@@ -353,8 +353,9 @@ static int snap_err(char *err, size_t errlen, int ret, const char *path, const c
 	return ret;
 }
 
-int snapshot_load_stream(const uint8_t *stream, size_t slen, struct vm_config *cfg, bool cpr,
-			 struct snapshot *s, struct stream_index *idxp, char *err, size_t errlen)
+int snapshot_load_stream(const uint8_t *stream, size_t slen, const struct vm_config *cfg,
+			 bool cpr, struct snapshot *s, struct stream_index *idxp, char *err,
+			 size_t errlen)
 {
 	struct stream_index idx = { 0 };
 	bool have_idx = false;
@@ -473,8 +474,8 @@ out_free:
 	return ret;
 }
 
-int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out, char *err,
-		  size_t errlen)
+int snapshot_open(const char *path, const struct vm_config *cfg, struct snapshot **out,
+		  char *err, size_t errlen)
 {
 	struct stream_index idx = { 0 };
 	struct snapshot *s = calloc(1, sizeof(*s));
@@ -549,8 +550,7 @@ int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out
 				       "holds its own RAM; --mem-path cannot be used with it");
 			goto out_free;
 		}
-		cfg->restore_ram_fd = s->fd;
-		cfg->restore_ram_off = roff;
+		s->ram_off = roff;
 	} else if (s->machine.ram_mode == RAM_IN_MEM_PATH) {
 		struct stat ms;
 		if (!cfg->mem_path) {
@@ -570,13 +570,11 @@ int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out
 				       cfg->mem_path, (long long)ms.st_size, cfg->mem_size);
 			goto out_free;
 		}
-		cfg->restore_ram_fd = -1;
 	} else {
 		ret = snap_err(err, errlen, -EINVAL, path, "unknown RAM mode %u",
 			       s->machine.ram_mode);
 		goto out_free;
 	}
-	cfg->restoring = 1;
 	stream_index_free(&idx);
 	free(stream);
 	*out = s;
@@ -586,8 +584,16 @@ out_free:
 		stream_index_free(&idx);
 	free(stream);
 	snapshot_free(s);
-	cfg->restore_ram_fd = -1;
 	return ret;
+}
+
+void snapshot_vm_build(const struct snapshot *s, struct vm_build *b)
+{
+	*b = (struct vm_build){ .restoring = true, .ram_fd = -1 };
+	if (s->machine.ram_mode == RAM_IN_SNAPSHOT) {
+		b->ram_fd = s->fd;
+		b->ram_off = s->ram_off;
+	}
 }
 
 struct apply_job {

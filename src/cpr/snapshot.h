@@ -53,8 +53,11 @@ struct machine_state {
 enum { RAM_IN_FD = 3 }; /* live update: RAM handed over as fd "ram" */
 
 /* A validated stream, loaded into plain structs, not yet applied. */
+struct vm_build;
+
 struct snapshot {
 	int fd;
+	uint64_t ram_off; /* RAM_IN_SNAPSHOT: where its RAM area starts in fd */
 	struct machine_state machine;
 	struct vcpu_state *vcpus;
 	uint32_t nr_vcpus;
@@ -81,7 +84,7 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state 
 /* Parses and validates a whole stream into s (machine checked against cfg,
  * every device section loaded); *idx stays valid for more sections (the
  * caller frees it). cpr: also accept the live-update sections. */
-int snapshot_load_stream(const uint8_t *stream, size_t len, struct vm_config *cfg, bool cpr,
+int snapshot_load_stream(const uint8_t *stream, size_t len, const struct vm_config *cfg, bool cpr,
 			 struct snapshot *s, struct stream_index *idx, char *err, size_t errlen);
 struct state_desc;
 
@@ -98,11 +101,13 @@ const struct state_desc *snapshot_desc_for(const char *section, void *opaque);
 int snapshot_save(struct vm *vm, const char *path, bool bypass, char *err, size_t errlen);
 
 /* Reads and validates a whole snapshot (container, stream, every section,
- * the configuration against cfg) without touching any VM. On success
- * cfg->restore_* tell vm_create where RAM comes from. */
-int snapshot_open(const char *path, struct vm_config *cfg, struct snapshot **out, char *err,
-		  size_t errlen);
-/* Applies a validated snapshot to a VM built by vm_create(cfg). */
+ * the configuration against cfg) without touching any VM. */
+int snapshot_open(const char *path, const struct vm_config *cfg, struct snapshot **out,
+		  char *err, size_t errlen);
+/* How vm_create builds the VM that an opened snapshot is applied to: its
+ * own RAM area, mapped private, or the --mem-path file. */
+void snapshot_vm_build(const struct snapshot *s, struct vm_build *b);
+/* Applies a validated snapshot to a VM built by vm_create(cfg, b). */
 /* same_host: restore the TSC offset and kvmclock against real time (live
  * update); otherwise the guest's clocks resume where they stopped.
  * on_vcpu_threads: the vCPU threads are parked and restore their own. */

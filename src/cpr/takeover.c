@@ -29,14 +29,12 @@
  * for its state (cpr_takeover_adopt_serial). */
 int cpr_takeover_build(struct cpr_takeover *t)
 {
-	struct vm_config *cfg = t->cfg;
+	struct vm_build b = { .restoring = true, .ram_fd = cpr_claim_fd(t->cs, CPR_FD_RAM),
+			      .ram_shared = true, .serial_later = true, .warm_up = t->warm_up };
 
-	cfg->adopt_ram_fd = cpr_claim_fd(t->cs, CPR_FD_RAM);
-	if (cfg->adopt_ram_fd < 0)
+	if (b.ram_fd < 0)
 		return set_err(t->why, t->whylen, -EBADF, "no guest RAM fd handed over");
-	cfg->restoring = 1;
-	cfg->serial_later = 1;
-	return vm_create(&t->vm, cfg, t->loop, t->why, t->whylen);
+	return vm_create(&t->vm, t->cfg, &b, t->loop, t->why, t->whylen);
 }
 
 /* The serial port over its handed-over sockets. ho holds the rest of its

@@ -97,9 +97,8 @@ static int xin_build(struct cpr_takeover *t)
 	void **args;
 	int ret;
 
-	t->cfg->warm_up = 1;
+	t->warm_up = true;
 	ret = cpr_takeover_build(t);
-	t->cfg->warm_up = 0;
 	if (ret < 0)
 		return ret;
 	trace_mark("vm-built");

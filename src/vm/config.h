@@ -25,17 +25,6 @@ struct vm_config {
 	const char *qmp_path;
 	const char *incoming;
 	const char *name;
-	/* Set by the restore path, not the command line: build the VM over
-	 * this RAM (a full snapshot's RAM area, mapped MAP_PRIVATE) and skip
-	 * loading a kernel, since state is loaded instead. */
-	int restore_ram_fd;	 /* -1: none */
-	uint64_t restore_ram_off;
-	int restoring;
-	/* Live update: guest RAM and the serial backend arrive as fds. */
-	int adopt_ram_fd; /* -1: none */
-	const struct chardev_handover *serial_handover;
-	int serial_later; /* vm_attach_serial() comes later (cpr-transfer) */
-	int warm_up;	  /* add the warm-up slot (warmup.c; live update) */
 };
 
 /* "512M", "1G", "4096K", "1073741824" (bytes). Suffixes K/M/G/T, base 1024,

@@ -519,16 +519,143 @@ static int vm_get_cpuid(struct vm *vm)
 	return cpuid_get_supported(vm->kvm_fd, &vm->cpuid);
 }
 
-int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
-	      size_t errlen)
+/* /dev/kvm, and what cprvm cannot run without. */
+static int vm_open_kvm(struct vm *vm, char *err, size_t errlen)
 {
+	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (vm->kvm_fd < 0) {
+		int ret = -errno;
+
+		no_kvm(err, errlen, ret);
+		return ret;
+	}
+	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+		return set_err(err, errlen, -EINVAL, "unsupported KVM API version");
+	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
+	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_PIT2) <= 0 ||
+	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0)
+		return set_err(err, errlen, -ENOTSUP,
+			       "KVM lacks the in-kernel irqchip, PIT or immediate_exit");
+	return 0;
+}
+
+/* Guest RAM, and for a fresh boot the kernel and the boot information in
+ * it: checked before anything is created in the kernel. */
+static int vm_setup_ram(struct vm *vm, const struct vm_build *b, char *err, size_t errlen)
+{
+	const struct vm_config *cfg = &vm->cfg;
+	uint64_t rsdp;
+	int ret;
+
+	if (b->ram_fd >= 0 && b->ram_shared)
+		ret = mem_adopt(&vm->mem, b->ram_fd, cfg->mem_size, cfg->mem_path, err, errlen);
+	else if (b->ram_fd >= 0)
+		ret = mem_open_private(&vm->mem, b->ram_fd, b->ram_off, cfg->mem_size, err, errlen);
+	else
+		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, !b->restoring, err, errlen);
+	if (ret < 0 || b->restoring)
+		return ret;
+	ret = pvh_load_kernel(&vm->mem, cfg->kernel, &vm->entry, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (cfg->initrd) {
+		ret = vm_load_initrd(vm, err, errlen);
+		if (ret < 0)
+			return ret;
+	}
+	rsdp = acpi_build(&vm->mem, cfg->nr_cpus);
+	if (!rsdp || pvh_setup_start_info(&vm->mem, cfg->cmdline, rsdp) < 0)
+		return vm_fail(err, errlen, -EINVAL, "cannot write boot information");
+	return 0;
+}
+
+/* The KVM VM: memslots first, then the in-kernel devices. */
+static int vm_create_kvm_vm(struct vm *vm, const struct vm_build *b, char *err, size_t errlen)
+{
+	/* The "dummy" speaker is KVM's port 0x61: the channel 2 gate (bit 0)
+	 * and OUT2 (bit 5), which the classic TSC calibration polls. Only bit 1
+	 * (speaker data) is not in KVM_GET_PIT2's state. */
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+	uint64_t idmap = 0xfffbc000;
+	int ret;
+
+	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
+	if (vm->vm_fd < 0)
+		return vm_fail(err, errlen, -errno, "KVM_CREATE_VM");
+	fcntl(vm->vm_fd, F_SETFD, FD_CLOEXEC);
+	ret = mem_register(&vm->mem, vm->vm_fd);
+	if (ret < 0)
+		return vm_fail(err, errlen, ret, "cannot register guest RAM with KVM");
+	/* Before the irqchip, where a memslot is cheap. Only an optimisation:
+	 * without it the first entry is slower, nothing else. */
+	if (b->warm_up && (ret = vm_warm_slot_add(vm)) < 0)
+		pr_debug("no warm-up slot: %s", strerror(-ret));
+	if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0)
+		return vm_fail(err, errlen, -errno, "KVM_SET_TSS_ADDR");
+	ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap);
+	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+		return vm_fail(err, errlen, -errno, "KVM_CREATE_IRQCHIP");
+	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+		return vm_fail(err, errlen, -errno, "KVM_CREATE_PIT2");
+	return 0;
+}
+
+/* The vCPUs, each with its CPUID; the TSC rate from the first. */
+static int vm_create_vcpus(struct vm *vm, char *err, size_t errlen)
+{
+	int nr = vm->cfg.nr_cpus, ret, tsc;
+
+	vm->vcpus = calloc(nr, sizeof(*vm->vcpus));
+	if (!vm->vcpus)
+		return vm_fail(err, errlen, -ENOMEM, "cannot allocate vCPUs");
+	for (int i = 0; i < nr; i++)
+		vm->vcpus[i].fd = -1;
+	for (int i = 0; i < nr; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		ret = vcpu_init(v, vm, i);
+		vm->nr_vcpus = i + 1;
+		if (ret < 0)
+			return vm_fail(err, errlen, ret, "KVM_CREATE_VCPU");
+		if (i == 0) {
+			tsc = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
+			vm->tsc_khz = tsc > 0 ? tsc : 0;
+		}
+		ret = cpuid_setup_vcpu(v->fd, v->id, vm->cpuid, nr, vm->tsc_khz);
+		if (ret < 0)
+			return vm_fail(err, errlen, ret, "KVM_SET_CPUID2");
+	}
+	return 0;
+}
+
+/* What vCPU state looks like here, probed once for save and restore. The
+ * MSR list is probed at the first save (vcpu_msr_list_ensure), or by a live
+ * update's new side before the stop: a few ioctls that a boot or restore
+ * need not pay. */
+static void vm_probe_state(struct vm *vm)
+{
+	const int sync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+	int n;
+
+	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
+	n = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+	vm->have_sync_regs = n > 0 && (n & sync) == sync;
+	n = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	vm->xsave_size = n > (int)sizeof(struct kvm_xsave) ? (uint32_t)n : sizeof(struct kvm_xsave);
+}
+
+int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_build *b,
+	      struct loop *loop, char *err, size_t errlen)
+{
+	static const struct vm_build boot = { .ram_fd = -1 };
 	struct vm *vm = calloc(1, sizeof(*vm));
 	struct bg_job cpuid_job = { .ret = -EINVAL };
-	uint64_t rsdp;
-	int ret, tsc;
+	int ret;
 
 	if (!vm)
 		return vm_fail(err, errlen, -ENOMEM, "cannot allocate VM");
+	if (!b)
+		b = &boot;
 	vm->cfg = *cfg;
 	vm->loop = loop;
 	vm->kvm_fd = vm->vm_fd = -1;
@@ -539,141 +666,30 @@ int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, c
 	pthread_cond_init(&vm->cond, NULL);
 	vm->waker_cpu = -1;
 
-	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (vm->kvm_fd < 0) {
-		ret = -errno;
-		no_kvm(err, errlen, ret);
-		goto out_free;
-	}
-	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
-		snprintf(err, errlen, "unsupported KVM API version");
-		ret = -EINVAL;
-		goto out_free;
-	}
-	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
-	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_PIT2) <= 0 ||
-	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0) {
-		snprintf(err, errlen, "KVM lacks the in-kernel irqchip, PIT or immediate_exit");
-		ret = -ENOTSUP;
-		goto out_free;
-	}
-	bg_job_start(&cpuid_job, vm_get_cpuid, vm);
-	if (cfg->adopt_ram_fd >= 0)
-		ret = mem_adopt(&vm->mem, cfg->adopt_ram_fd, cfg->mem_size, cfg->mem_path, err,
-				errlen);
-	else if (cfg->restoring && cfg->restore_ram_fd >= 0)
-		ret = mem_open_private(&vm->mem, cfg->restore_ram_fd, cfg->restore_ram_off,
-				       cfg->mem_size, err, errlen);
-	else
-		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, !cfg->restoring, err,
-			       errlen);
+	ret = vm_open_kvm(vm, err, errlen);
 	if (ret < 0)
 		goto out_free;
-	if (!cfg->restoring) {
-		/* Check the image before creating anything in the kernel. */
-		ret = pvh_load_kernel(&vm->mem, cfg->kernel, &vm->entry, err, errlen);
-		if (ret < 0)
-			goto out_free;
-		if (cfg->initrd) {
-			ret = vm_load_initrd(vm, err, errlen);
-			if (ret < 0)
-				goto out_free;
-		}
-		rsdp = acpi_build(&vm->mem, cfg->nr_cpus);
-		if (!rsdp || pvh_setup_start_info(&vm->mem, cfg->cmdline, rsdp) < 0) {
-			ret = vm_fail(err, errlen, -EINVAL, "cannot write boot information");
-			goto out_free;
-		}
-	}
-	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
-	if (vm->vm_fd < 0) {
-		ret = vm_fail(err, errlen, -errno, "KVM_CREATE_VM");
+	bg_job_start(&cpuid_job, vm_get_cpuid, vm);
+	if ((ret = vm_setup_ram(vm, b, err, errlen)) < 0 ||
+	    (ret = vm_create_kvm_vm(vm, b, err, errlen)) < 0)
 		goto out_free;
-	}
-	fcntl(vm->vm_fd, F_SETFD, FD_CLOEXEC);
-	ret = mem_register(&vm->mem, vm->vm_fd);
-	if (ret < 0) {
-		vm_fail(err, errlen, ret, "cannot register guest RAM with KVM");
-		goto out_free;
-	}
-	/* Before the irqchip, where a memslot is cheap. Only an optimisation:
-	 * without it the first entry is slower, nothing else. */
-	if (cfg->warm_up && (ret = vm_warm_slot_add(vm)) < 0)
-		pr_debug("no warm-up slot: %s", strerror(-ret));
-	if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0) {
-		ret = vm_fail(err, errlen, -errno, "KVM_SET_TSS_ADDR");
-		goto out_free;
-	}
-	{
-		uint64_t idmap = 0xfffbc000;
-		ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap);
-	}
-	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
-		ret = vm_fail(err, errlen, -errno, "KVM_CREATE_IRQCHIP");
-		goto out_free;
-	}
-	{
-		/* The "dummy" speaker is KVM's port 0x61: the channel 2 gate (bit
-		 * 0) and OUT2 (bit 5), which the classic TSC calibration polls.
-		 * Only bit 1 (speaker data) is not in KVM_GET_PIT2's state. */
-		struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-		if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
-			ret = vm_fail(err, errlen, -errno, "KVM_CREATE_PIT2");
-			goto out_free;
-		}
-	}
-
 	ret = bg_job_finish(&cpuid_job);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "KVM_GET_SUPPORTED_CPUID");
 		goto out_free;
 	}
-	vm->vcpus = calloc(cfg->nr_cpus, sizeof(*vm->vcpus));
-	if (!vm->vcpus) {
-		ret = vm_fail(err, errlen, -ENOMEM, "cannot allocate vCPUs");
+	ret = vm_create_vcpus(vm, err, errlen);
+	if (ret < 0)
 		goto out_free;
-	}
-	for (int i = 0; i < cfg->nr_cpus; i++)
-		vm->vcpus[i].fd = -1;
-	for (int i = 0; i < cfg->nr_cpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
-		ret = vcpu_init(v, vm, i);
-		vm->nr_vcpus = i + 1;
-		if (ret < 0) {
-			vm_fail(err, errlen, ret, "KVM_CREATE_VCPU");
-			goto out_free;
-		}
-		if (i == 0) {
-			tsc = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
-			vm->tsc_khz = tsc > 0 ? tsc : 0;
-		}
-		ret = cpuid_setup_vcpu(v->fd, v->id, vm->cpuid, cfg->nr_cpus, vm->tsc_khz);
-		if (ret < 0) {
-			vm_fail(err, errlen, ret, "KVM_SET_CPUID2");
-			goto out_free;
-		}
-	}
-	/* What vCPU state looks like here, probed once for save/restore. */
-	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
-	tsc = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
-	vm->have_sync_regs = tsc > 0 && (tsc & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS |
-						KVM_SYNC_X86_EVENTS)) ==
-					       (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS |
-						KVM_SYNC_X86_EVENTS);
-	tsc = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
-	vm->xsave_size = tsc > (int)sizeof(struct kvm_xsave) ? (uint32_t)tsc : sizeof(struct kvm_xsave);
-	/* The MSR list is probed at the first save (vcpu_msr_list_ensure), or
-	 * by a live update's new side before the stop: a few ioctls that a
-	 * boot or restore need not pay. */
-	ret = cfg->restoring ? 0 : x86_setup_boot_vcpu(vm->vcpus[0].fd, vm->entry,
-						       PVH_START_INFO_GPA);
+	vm_probe_state(vm);
+	ret = b->restoring ? 0 : x86_setup_boot_vcpu(vm->vcpus[0].fd, vm->entry,
+						     PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
 		goto out_free;
 	}
-
-	if (!cfg->serial_later) {
-		ret = vm_attach_serial(vm, cfg->serial_handover, err, errlen);
+	if (!b->serial_later) {
+		ret = vm_attach_serial(vm, NULL, err, errlen);
 		if (ret < 0)
 			goto out_free;
 	}

@@ -28,15 +28,31 @@ struct vm;
 /* Event sink (QMP). data_json is a JSON object text or NULL for no data. */
 typedef void (*vm_event_fn)(void *opaque, const char *event, const char *data_json);
 
+/* How vm_create builds a VM that does not boot fresh: a restore, or a live
+ * update's new side. What the command line asks for stays in struct
+ * vm_config; this is what the restore and live-update paths decide. */
+struct vm_build {
+	bool restoring; /* state is loaded after: no kernel, no boot registers */
+	/* -1: RAM as the configuration says (a memfd, or --mem-path). Else,
+	 * ram_shared: the guest's live RAM (a live update), mapped shared
+	 * whole; or a snapshot's RAM area at ram_off, mapped private. */
+	int ram_fd;
+	bool ram_shared;
+	uint64_t ram_off;
+	bool serial_later; /* vm_attach_serial() comes later */
+	bool warm_up;      /* the warm-up slot (warmup.c) */
+};
+
 /* Builds the VM (memory, irqchip, vCPUs, devices, boot image) without running
- * it. On failure returns -errno, writes a one-line reason to err, and leaves
- * nothing behind (a --mem-path file it created is removed). */
-int vm_create(struct vm **out, const struct vm_config *cfg, struct loop *loop, char *err,
-	      size_t errlen);
+ * it; b NULL: a fresh boot. On failure returns -errno, writes a one-line
+ * reason to err, and leaves nothing behind (a --mem-path file it created is
+ * removed). */
+int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_build *b,
+	      struct loop *loop, char *err, size_t errlen);
 /* --incoming defer: built, not started, waiting in state inmigrate for its
  * state (QMP migrate-incoming). */
 void vm_set_inmigrate(struct vm *vm);
-/* The serial port, created by vm_create unless cfg->serial_later: over a
+/* The serial port, created by vm_create unless b->serial_later: over a
  * live update's handed-over fds (h), or opened from the configuration. */
 struct chardev_handover;
 int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen);

@@ -194,7 +194,7 @@ void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why);
 
 int vcpu_init(struct vcpu *v, struct vm *vm, int id);
 /* warmup.c: a fresh vCPU's first KVM_RUN, paid before a live update's stop.
- * The slot goes in before the irqchip (vm_create, cfg->warm_up) and out
+ * The slot goes in before the irqchip (vm_create, struct vm_build warm_up) and out
  * once every vCPU ran vcpu_warm_up (on its own thread); vcpu_warm_up leaves
  * the vCPU in a scratch state, so its whole state must be set after it. */
 int vm_warm_slot_add(struct vm *vm);
