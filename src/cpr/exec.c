@@ -314,7 +314,6 @@ int cpr_incoming(struct vm_config *cfg, struct loop *loop, const struct cpr_qmp_
 		return -EINVAL;
 	}
 	fcntl(memfd, F_SETFD, FD_CLOEXEC);
-	chardev_keep_socket_files = true;
 	/* The registry first: without it there is no way back. */
 	ret = cpr_load_registry(buf, len, t.cs, NULL, 0, why, sizeof(why));
 	if (ret < 0) {

@@ -192,7 +192,7 @@ void cpr_takeover_done(struct cpr_takeover *t, uint64_t t_applied, const char *r
 	}
 	vm_cpr_phases(t->vm, ph);
 	vm_cpr_blackout(t->vm, (int64_t)(cs->stop_ns / 1000), (int64_t)(t_run / 1000));
-	chardev_keep_socket_files = false;
+	chardev_keep_path(t->vm->serial_chr, false); /* ours now */
 	signal(SIGCHLD, SIG_IGN); /* an exec keeper reaps itself */
 	for (uint32_t i = 0; i < cs->nr_fds; i++)
 		close(cs->fds[i].fd);

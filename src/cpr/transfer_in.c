@@ -240,7 +240,6 @@ int cpr_transfer_in(struct vm_config *cfg, struct loop *loop, int sock, struct c
 	uint8_t *buf = NULL;
 	size_t len = 0;
 
-	chardev_keep_socket_files = true;
 	if ((ret = xin_receive_config(&t, fds, &nfds)) < 0 || (ret = xin_build(&t)) < 0 ||
 	    (ret = xin_get_ready(&t, &early)) < 0 ||
 	    (ret = xin_receive_state(&t, &early, &buf, &len)) < 0 ||

@@ -414,6 +414,6 @@ int cpr_transfer(struct vm *vm, const char *path, char *err, size_t errlen)
 	if (ret < 0)
 		return set_err(err, errlen, ret, "cpr-transfer: %s", why);
 	/* Its sockets are the new process's now: leave their files alone. */
-	chardev_keep_socket_files = true;
+	chardev_keep_path(vm->serial_chr, true);
 	return 0;
 }

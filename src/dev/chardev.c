@@ -46,11 +46,12 @@ struct chardev {
 	char desc[160];
 	bool tty_saved;
 	struct termios saved_tio;
+	/* Closing leaves the socket file (unix:PATH) in place: it is another
+	 * process's (chardev_keep_path). */
+	bool keep_path;
 };
 
 static void chardev_update_watch(struct chardev *c);
-
-bool chardev_keep_socket_files;
 
 static int set_nonblock(int fd)
 {
@@ -388,6 +389,7 @@ int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
 		ret = 0;
 	if (ret < 0)
 		return ret;
+	c->keep_path = true; /* the previous process's, until the take-over commits */
 	switch (spec->kind) {
 	case CHARDEV_UNIX:
 		if (h->listen_fd < 0) {
@@ -561,6 +563,12 @@ out_free:
 	return ret;
 }
 
+void chardev_keep_path(struct chardev *c, bool keep)
+{
+	if (c)
+		c->keep_path = keep;
+}
+
 void chardev_close(struct chardev *c)
 {
 	if (!c)
@@ -572,7 +580,7 @@ void chardev_close(struct chardev *c)
 	if (c->listen_fd >= 0) {
 		loop_del_fd(c->loop, c->listen_fd);
 		close(c->listen_fd);
-		if (!chardev_keep_socket_files)
+		if (!c->keep_path)
 			unlink(c->spec.path);
 	}
 	if (c->timer_fd >= 0) {

@@ -73,9 +73,11 @@ int chardev_adopt(struct chardev **out, const struct chardev_spec *spec,
  * the output not yet written, from the final h. */
 void chardev_adopt_finish(struct chardev *c, const struct chardev_handover *h);
 
-/* Set while a live update is being taken over: a failure must leave the
- * socket files for the previous binary, which still owns them. */
-extern bool chardev_keep_socket_files;
+/* Whether closing c leaves its socket file. A live update's new side
+ * adopts the old side's sockets, whose files stay the old side's until the
+ * take-over commits (chardev_adopt keeps them; the new side then calls
+ * keep false); the old side keeps them once it has handed them over. */
+void chardev_keep_path(struct chardev *c, bool keep);
 
 /* Human-readable description ("unix:/path", "pty:/dev/pts/3"). */
 const char *chardev_describe(struct chardev *c);
