@@ -393,9 +393,9 @@ int snapshot_load_stream(const uint8_t *stream, size_t slen, const struct vm_con
 	}
 	/* Load every section now: all validation happens before any VM exists. */
 	s->nr_vcpus = s->machine.nr_cpus;
-	/* Not calloc: zeroing ~72 KiB per vCPU (mostly XSAVE room) cost
-	 * ~10 us of a live update's blackout (traced). Each vCPU is zeroed
-	 * below as far as its section leaves it unset. */
+	/* Not calloc: zeroing ~72 KiB per vCPU (mostly XSAVE room) would be
+	 * paid in a live update's blackout. Each vCPU is zeroed below as far
+	 * as its section leaves it unset. */
 	s->vcpus = malloc(s->nr_vcpus * sizeof(*s->vcpus));
 	if (!s->vcpus) {
 		ret = -ENOMEM;

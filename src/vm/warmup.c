@@ -1,16 +1,15 @@
 /* warmup.c — a new VM's vCPUs run once before they take a guest over.
  *
- * The first KVM_RUN of a vCPU pays one-time costs inside KVM: measured here
- * (nested PVM, shadow paging), a CPL3 guest's first exit after a fresh
- * vCPU takes 0.25–0.35 ms with one memslot and up to ~1 ms with two (a
- * 4 GiB or larger guest), against ~0.1 ms for the same exit once warm. In
- * a live update that first entry is the tail of the guest's pause. So the
+ * The first KVM_RUN of a vCPU pays one-time costs inside KVM: with shadow
+ * paging, a CPL3 guest's first exit after a fresh vCPU costs several times
+ * the same exit once warm, more with two memslots (a 4 GiB or larger
+ * guest). In a live update that first entry is the tail of the guest's
+ * pause. So the
  * new side's vCPU threads each run a scratch context once, before the stop:
  * a few pages of page tables and code in a private memslot above the guest's
  * RAM, entered at CPL3, that write to an unbacked address (an MMIO exit) and
  * so return at once. What stays warm is KVM's own: after this, a restored
- * vCPU's first exit costs only the shadow pages its guest touches
- * (measured: ~0.21 ms instead of 0.34–0.9 ms for the same guest).
+ * vCPU's first exit costs only the shadow pages its guest touches.
  *
  * Why a scratch context and not the guest's own: the guest still runs on
  * the old side and rewrites its page tables in the shared RAM; this VM's
@@ -18,7 +17,7 @@
  * tables only through its own mappings) and would go stale.
  *
  * The slot is added before KVM_CREATE_IRQCHIP, where a memslot is cheap, and
- * removed after the run (~4–7 ms, before the stop), so the guest never sees
+ * removed after the run (milliseconds, before the stop), so the guest never sees
  * it; removing it drops KVM's shadow pages, not what the run warmed. */
 #include <errno.h>
 #include <string.h>
