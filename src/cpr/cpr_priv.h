@@ -1,7 +1,7 @@
 /* cpr_priv.h — what the files of cpr/ share about live update; nothing
  * outside cpr/ includes it. The files, by what each owns:
  *   registry.c     the fd registry (section "cpr"), this image's argv and
- *                  exec command, and the live-update stream's contents
+ *                  exec command
  *   proto.c        the wire protocol between the two sides (proto.h)
  *   place.c        CPU placement and scheduling policy around the blackout
  *   prefault.c     page faults taken before the blackout instead of in it
@@ -11,7 +11,8 @@
  *                  devices, apply the state, start the guest
  *   transfer_in.c  cpr-transfer, new side (also the new image of a live
  *                  cpr-exec)
- *   transfer_out.c cpr-transfer, old side (also a live cpr-exec's keeper)
+ *   transfer_out.c cpr-transfer, old side (also a live cpr-exec's keeper),
+ *                  and the live-update stream both modes send
  *   exec.c         cpr-exec of a paused guest, and the way back to the
  *                  previous binary
  *   exec_live.c    cpr-exec of a running guest: keeper, runners, hello */
@@ -113,12 +114,6 @@ void cpr_put_prev_argv(struct cpr_state *cs);
  * are indexes into the fds that came with the message. */
 int cpr_load_registry(const uint8_t *buf, size_t len, struct cpr_state *cs,
 		      const int *recv_fds, int nr_recv, char *why, size_t whylen);
-/* The live-update stream, both modes: the machine with RAM handed over as
- * an fd, every device, the serial backend's unwritten bytes, the registry. */
-int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
-		     const struct cpr_state *cs, const struct vcpu_state *captured,
-		     bool early_sections, struct sbuf *b);
-
 /* --- place.c --------------------------------------------------------------- */
 
 extern bool cpr_batch;
@@ -205,6 +200,13 @@ void cpr_takeover_abandon(struct cpr_takeover *t);
 void cpr_takeover_free(struct cpr_takeover *t);
 
 /* --- transfer_in.c, transfer_out.c ----------------------------------------- */
+
+/* The live-update stream, both modes: the machine with RAM handed over as
+ * an fd, every device, the serial backend's unwritten bytes, the registry. */
+int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
+		     const struct cpr_state *cs, const struct vcpu_state *captured,
+		     bool early_sections, struct sbuf *b);
+
 
 /* New side. The registry lands in *cs (the way back, for a live cpr-exec).
  * On failure the old side has been told why, and resumes the guest. */

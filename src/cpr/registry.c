@@ -21,7 +21,6 @@
 #include "cpr/cpr_priv.h"
 #include "lib/log.h"
 #include "lib/trace.h"
-#include "lib/version.h"
 
 static const struct state_field cpr_fd_fields[] = {
 	STATE_FIELD_BYTES(1, struct cpr_fd, name, .flags = STATE_F_REQUIRED),
@@ -174,24 +173,4 @@ int cpr_load_registry(const uint8_t *buf, size_t len, struct cpr_state *cs,
 		cs->fds[i].fd = recv_fds[cs->fds[i].fd];
 	}
 	return 0;
-}
-
-int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
-		     const struct cpr_state *cs, const struct vcpu_state *captured,
-		     bool early_sections, struct sbuf *b)
-{
-	struct machine_state ms;
-	int ret;
-
-	snapshot_machine(vm, &ms, RAM_IN_FD);
-	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
-				       CPRVM_VERSION_MICRO)) < 0 ||
-	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = snapshot_put_devices(vm, b, captured, early_sections)) < 0 ||
-	    (trace_mark("devices-put"), 0) ||
-	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
-				    STREAM_SEC_REQUIRED)) < 0 ||
-	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)
-		return ret;
-	return stream_writer_end(b);
 }

@@ -28,6 +28,26 @@
 /* The nap before looking for the answer to phase 2 (cpr_transfer_out). */
 #define XFER_ANSWER_NAP_US 300
 
+int cpr_build_stream(struct vm *vm, const struct chardev_handover *ho,
+		     const struct cpr_state *cs, const struct vcpu_state *captured,
+		     bool early_sections, struct sbuf *b)
+{
+	struct machine_state ms;
+	int ret;
+
+	snapshot_machine(vm, &ms, RAM_IN_FD);
+	if ((ret = stream_writer_begin(b, CPRVM_VERSION_MAJOR, CPRVM_VERSION_MINOR,
+				       CPRVM_VERSION_MICRO)) < 0 ||
+	    (ret = stream_put_state(b, "machine", &machine_state_desc, &ms, STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = snapshot_put_devices(vm, b, captured, early_sections)) < 0 ||
+	    (trace_mark("devices-put"), 0) ||
+	    (ret = stream_put_state(b, "chardev/serial0", &chardev_handover_desc, ho,
+				    STREAM_SEC_REQUIRED)) < 0 ||
+	    (ret = stream_put_state(b, "cpr", &cpr_state_desc, cs, STREAM_SEC_REQUIRED)) < 0)
+		return ret;
+	return stream_writer_end(b);
+}
+
 /* The stream goes out from the vCPU thread that finishes its capture last,
  * on the CPU the guest ran on, while this process's main thread only
  * waits: on a host with few CPUs, the new side works on the others
