@@ -38,60 +38,11 @@
 #include "lib/sock.h"
 #include "lib/version.h"
 #include "qmp/qmp.h"
+#include "qmp/qmp_priv.h"
 
 #define QMP_READ_CHUNK (64u << 10)
 /* How long qmp_server_free() waits for slow clients to take their output. */
 #define QMP_FREE_FLUSH_MS 500
-
-struct qmp_cmd {
-	const char *name;
-	qmp_cmd_fn fn;
-	void *opaque;
-};
-
-struct qmp_client {
-	struct qmp_server *s;
-	struct qmp_client *next;
-	int fd;
-	uint32_t events; /* what the loop watches for us */
-	bool negotiated;
-	bool dead;
-	bool eof; /* peer shut down its side: write what is pending, then close */
-
-	/* Input: in[0, in_len); bytes before scan have been scanned; a partial
-	 * value starts at start (0 between calls to client_scan). */
-	char *in;
-	size_t in_len, in_cap, scan, start;
-	int depth;
-	bool in_str, esc, skipping;
-
-	/* Output: out[out_off, out_len) is unsent. */
-	char *out;
-	size_t out_off, out_len, out_cap;
-};
-
-struct qmp_server {
-	struct loop *loop;
-	int fd;
-	char *path;
-	dev_t dev;
-	ino_t ino;
-	struct qmp_cmd *cmds;
-	int nr_cmds;
-	struct qmp_client *clients;
-	int nr_clients;
-	int busy;
-};
-
-struct qmp_req {
-	struct qmp_server *s;
-	struct qmp_client *c;
-	bool failed;
-	char cls[32];
-	char desc[512];
-	qmp_after_fn after;
-	void *after_opaque;
-};
 
 /* ---- clients: lifetime and output ------------------------------------- */
 

@@ -1,0 +1,79 @@
+/* qmp_priv.h — what the QMP server's own files share (src/qmp only; the
+ * public interface is qmp.h): the server, client, command and request
+ * structs, and the helpers one file calls in another.
+ *
+ * Invariants:
+ *  - A client in s->clients is freed only by qmp_reap(), and only while
+ *    s->busy is zero: whoever runs client callbacks, handlers or event
+ *    delivery holds s->busy up, so no client vanishes under its caller.
+ *  - A dead client is already unwatched; it stays in the list, ignored,
+ *    until it is reaped.
+ *  - c->in[0, in_len) holds unparsed input (bounded by QMP_MAX_INPUT plus
+ *    one read); c->out[out_off, out_len) is unsent output (bounded by
+ *    QMP_MAX_OUTPUT). */
+#ifndef CPRVM_QMP_PRIV_H
+#define CPRVM_QMP_PRIV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "qmp/qmp.h"
+
+/* One entry of the command table. */
+struct qmp_cmd {
+	const char *name;
+	qmp_cmd_fn fn;
+	void *opaque;
+};
+
+/* One connection: its socket, its input being framed, its unsent output. */
+struct qmp_client {
+	struct qmp_server *s;
+	struct qmp_client *next;
+	int fd;
+	uint32_t events; /* what the loop watches for us */
+	bool negotiated;
+	bool dead;
+	bool eof; /* peer shut down its side: write what is pending, then close */
+
+	/* Input: in[0, in_len); bytes before scan have been scanned; a partial
+	 * value starts at start (0 between calls to client_scan). */
+	char *in;
+	size_t in_len, in_cap, scan, start;
+	int depth;
+	bool in_str, esc, skipping;
+
+	/* Output: out[out_off, out_len) is unsent. */
+	char *out;
+	size_t out_off, out_len, out_cap;
+};
+
+/* The listening socket, the command table and the connected clients. */
+struct qmp_server {
+	struct loop *loop;
+	int fd;
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	struct qmp_cmd *cmds;
+	int nr_cmds;
+	struct qmp_client *clients;
+	int nr_clients;
+	int busy; /* callbacks, handlers or deliveries on the stack */
+};
+
+/* One request while its handler runs: the first error it reports and what
+ * runs once the reply is queued. */
+struct qmp_req {
+	struct qmp_server *s;
+	struct qmp_client *c;
+	bool failed;
+	char cls[32];
+	char desc[512];
+	qmp_after_fn after;
+	void *after_opaque;
+};
+
+#endif
