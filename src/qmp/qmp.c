@@ -1,16 +1,5 @@
-/* qmp.c — the generic QMP server (see qmp.h): socket, framing, dispatch,
- * replies and events. No VM knowledge lives here.
- *
- * Framing: clients send JSON objects, usually one per line, but a value may be
- * split across reads and several may share one read. A small scanner, aware of
- * strings and escapes, tracks the nesting depth of {} and [] and hands each
- * complete top-level value to jansson, which does the real parsing. The
- * scanner also notices input that can never become valid JSON (a byte that no
- * JSON token contains, a raw control character or 0xff inside a string) and
- * answers it at once; it then discards input up to the next newline, so a
- * client can always recover by sending "\xff\n" (0xff never occurs in UTF-8).
- * Input that grows past QMP_MAX_INPUT without completing is refused the same
- * way.
+/* qmp.c — the generic QMP server (see qmp.h): socket, dispatch, replies and
+ * events. No VM knowledge lives here. framing.c cuts the input into values.
  *
  * Output: every message goes into the client's buffer and is written without
  * blocking; EPOLLOUT is watched only while something is pending. A client
@@ -179,11 +168,7 @@ static void client_send(struct qmp_client *c, json_t *msg)
 	free(text);
 }
 
-static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt,
-			       ...) __attribute__((format(printf, 4, 5)));
-
-static void client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt,
-			       ...)
+void qmp_client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt, ...)
 {
 	char desc[512];
 	va_list ap;
@@ -314,7 +299,7 @@ static json_t *qmp_cmd_query_commands(struct qmp_req *req, json_t *args, void *o
 }
 
 /* One complete top-level value, as the scanner delimited it. */
-static void client_dispatch(struct qmp_client *c, const char *buf, size_t len)
+void qmp_client_dispatch(struct qmp_client *c, const char *buf, size_t len)
 {
 	struct qmp_server *s = c->s;
 	struct qmp_req req = {.s = s, .c = c};
@@ -325,46 +310,47 @@ static void client_dispatch(struct qmp_client *c, const char *buf, size_t len)
 
 	msg = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!msg) {
-		client_reply_error(c, NULL, QMP_ERR_GENERIC, "JSON parse error, %s", jerr.text);
+		qmp_client_reply_error(c, NULL, QMP_ERR_GENERIC, "JSON parse error, %s", jerr.text);
 		return;
 	}
 	if (!json_is_object(msg)) {
-		client_reply_error(c, NULL, QMP_ERR_GENERIC, "QMP input must be a JSON object");
+		qmp_client_reply_error(c, NULL, QMP_ERR_GENERIC, "QMP input must be a JSON object");
 		goto out;
 	}
 	id = json_object_get(msg, "id");
 	exec = json_object_get(msg, "execute");
 	args = json_object_get(msg, "arguments");
 	if (!exec) {
-		client_reply_error(c, id, QMP_ERR_GENERIC, "QMP input lacks member 'execute'");
+		qmp_client_reply_error(c, id, QMP_ERR_GENERIC, "QMP input lacks member 'execute'");
 		goto out;
 	}
 	if (!json_is_string(exec)) {
-		client_reply_error(c, id, QMP_ERR_GENERIC,
-				   "QMP input member 'execute' must be a string");
+		qmp_client_reply_error(c, id, QMP_ERR_GENERIC,
+				       "QMP input member 'execute' must be a string");
 		goto out;
 	}
 	if (args && !json_is_object(args)) {
-		client_reply_error(c, id, QMP_ERR_GENERIC,
-				   "QMP input member 'arguments' must be an object");
+		qmp_client_reply_error(c, id, QMP_ERR_GENERIC,
+				       "QMP input member 'arguments' must be an object");
 		goto out;
 	}
 	name = json_string_value(exec);
 	if (!c->negotiated && strcmp(name, "qmp_capabilities")) {
-		client_reply_error(c, id, QMP_ERR_NOT_FOUND,
-				   "Expecting capabilities negotiation with 'qmp_capabilities'");
+		qmp_client_reply_error(
+		    c, id, QMP_ERR_NOT_FOUND,
+		    "Expecting capabilities negotiation with 'qmp_capabilities'");
 		goto out;
 	}
 	cmd = qmp_find(s, name);
 	if (!cmd) {
-		client_reply_error(c, id, QMP_ERR_NOT_FOUND, "The command %s has not been found",
-				   name);
+		qmp_client_reply_error(c, id, QMP_ERR_NOT_FOUND,
+				       "The command %s has not been found", name);
 		goto out;
 	}
 	ret = cmd->fn(&req, args, cmd->opaque);
 	if (req.failed) {
 		json_decref(ret);
-		client_reply_error(c, id, req.cls, "%s", req.desc);
+		qmp_client_reply_error(c, id, req.cls, "%s", req.desc);
 	} else {
 		reply = json_object();
 		if (reply) {
@@ -380,94 +366,6 @@ static void client_dispatch(struct qmp_client *c, const char *buf, size_t len)
 		req.after(s, req.after_opaque);
 out:
 	json_decref(msg);
-}
-
-/* ---- input framing ---------------------------------------------------- */
-
-static bool is_ws(unsigned char ch)
-{
-	return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
-/* Bytes that may appear in JSON outside strings (numbers, true/false/null). */
-static bool is_token_char(unsigned char ch)
-{
-	return is_ws(ch) || (ch >= '0' && ch <= '9') || (ch && strchr(",:-+.eEtrufalsn", ch));
-}
-
-/* Answers input that cannot become JSON, forgets the partial value and, unless
- * the offending byte was the newline itself, discards up to the next one. */
-static void client_framing_error(struct qmp_client *c, size_t i, const char *what)
-{
-	bool newline = c->in[i] == '\n';
-
-	client_reply_error(c, NULL, QMP_ERR_GENERIC, "JSON parse error, %s", what);
-	c->depth = 0;
-	c->in_str = c->esc = false;
-	c->skipping = !newline;
-	c->start = i + 1;
-}
-
-static void client_scan(struct qmp_client *c)
-{
-	size_t i;
-
-	for (i = c->scan; i < c->in_len && !c->dead; i++) {
-		unsigned char ch = c->in[i];
-
-		if (c->skipping) {
-			c->skipping = ch != '\n';
-			c->start = i + 1;
-		} else if (c->depth == 0) {
-			if (ch == '{' || ch == '[') {
-				c->depth = 1;
-				c->start = i;
-			} else if (is_ws(ch)) {
-				c->start = i + 1;
-			} else {
-				client_framing_error(c, i, "expecting a JSON object");
-			}
-		} else if (c->in_str) {
-			if (ch < 0x20 || ch == 0xff)
-				client_framing_error(c, i, "invalid byte in a string");
-			else if (c->esc)
-				c->esc = false;
-			else if (ch == '\\')
-				c->esc = true;
-			else if (ch == '"')
-				c->in_str = false;
-		} else if (ch == '"') {
-			c->in_str = true;
-		} else if (ch == '{' || ch == '[') {
-			c->depth++;
-		} else if (ch == '}' || ch == ']') {
-			if (--c->depth == 0) {
-				client_dispatch(c, c->in + c->start, i + 1 - c->start);
-				c->start = i + 1;
-			}
-		} else if (!is_token_char(ch)) {
-			client_framing_error(c, i, "invalid character");
-		}
-	}
-	c->scan = i;
-	if (c->dead)
-		return;
-	if (c->start) {
-		memmove(c->in, c->in + c->start, c->in_len - c->start);
-		c->in_len -= c->start;
-		c->scan -= c->start;
-		c->start = 0;
-	}
-	if (c->in_len > QMP_MAX_INPUT) {
-		client_reply_error(c, NULL, QMP_ERR_GENERIC,
-				   "QMP input exceeds %u bytes without completing a JSON value; "
-				   "discarding it up to the next newline",
-				   QMP_MAX_INPUT);
-		c->depth = 0;
-		c->in_str = c->esc = false;
-		c->skipping = true;
-		c->in_len = c->scan = 0;
-	}
 }
 
 static void client_read(struct qmp_client *c)
@@ -510,7 +408,7 @@ static void client_read(struct qmp_client *c)
 		return;
 	}
 	c->in_len += n;
-	client_scan(c);
+	qmp_client_scan(c);
 }
 
 static void client_io(int fd, uint32_t events, void *opaque)

@@ -39,7 +39,7 @@ struct qmp_client {
 	bool eof; /* peer shut down its side: write what is pending, then close */
 
 	/* Input: in[0, in_len); bytes before scan have been scanned; a partial
-	 * value starts at start (0 between calls to client_scan). */
+	 * value starts at start (0 between calls to qmp_client_scan). */
 	char *in;
 	size_t in_len, in_cap, scan, start;
 	int depth;
@@ -75,5 +75,17 @@ struct qmp_req {
 	qmp_after_fn after;
 	void *after_opaque;
 };
+
+/* qmp.c: queues {"error": {"class": cls, "desc": ...}, "id": id} for c; id
+ * may be NULL (borrowed). */
+void qmp_client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* framing.c: scans the input received since the last call, dispatches each
+ * complete value and answers input that cannot become JSON. */
+void qmp_client_scan(struct qmp_client *c);
+
+/* qmp.c: runs one complete top-level value as a request and replies. */
+void qmp_client_dispatch(struct qmp_client *c, const char *buf, size_t len);
 
 #endif
