@@ -76,6 +76,9 @@ struct qmp_req {
 	void *after_opaque;
 };
 
+/* qmp.c: sends msg and drops the caller's reference to it; NULL, or a
+ * message that cannot be serialized, drops the client. */
+void qmp_client_send(struct qmp_client *c, json_t *msg);
 /* qmp.c: queues {"error": {"class": cls, "desc": ...}, "id": id} for c; id
  * may be NULL (borrowed). */
 void qmp_client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt, ...)
@@ -85,7 +88,9 @@ void qmp_client_reply_error(struct qmp_client *c, json_t *id, const char *cls, c
  * complete value and answers input that cannot become JSON. */
 void qmp_client_scan(struct qmp_client *c);
 
-/* qmp.c: runs one complete top-level value as a request and replies. */
+/* dispatch.c: runs one complete top-level value as a request and replies. */
 void qmp_client_dispatch(struct qmp_client *c, const char *buf, size_t len);
+/* dispatch.c: registers qmp_capabilities and query-commands; 0 or -errno. */
+int qmp_register_builtins(struct qmp_server *s);
 
 #endif
