@@ -76,11 +76,24 @@ struct qmp_req {
 	void *after_opaque;
 };
 
-/* qmp.c: sends msg and drops the caller's reference to it; NULL, or a
+/* qmp.c: frees the dead clients, unless s->busy says some caller may still
+ * hold one. Whoever lowers s->busy calls it. */
+void qmp_reap(struct qmp_server *s);
+
+/* client.c: the loop's callback for a client's socket. */
+void qmp_client_io(int fd, uint32_t events, void *opaque);
+/* client.c: closes the socket and frees the client (see qmp_reap). */
+void qmp_client_free(struct qmp_client *c);
+/* client.c: writes what the socket takes now, without blocking. */
+void qmp_client_write(struct qmp_client *c);
+/* client.c: queues text plus "\r\n" and tries to send it at once; a client
+ * whose pending output would pass QMP_MAX_OUTPUT is dropped instead. */
+void qmp_client_send_text(struct qmp_client *c, const char *text);
+/* client.c: sends msg and drops the caller's reference to it; NULL, or a
  * message that cannot be serialized, drops the client. */
 void qmp_client_send(struct qmp_client *c, json_t *msg);
-/* qmp.c: queues {"error": {"class": cls, "desc": ...}, "id": id} for c; id
- * may be NULL (borrowed). */
+/* client.c: queues {"error": {"class": cls, "desc": ...}, "id": id} for c;
+ * id may be NULL (borrowed). */
 void qmp_client_reply_error(struct qmp_client *c, json_t *id, const char *cls, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
