@@ -1,9 +1,10 @@
 /* commands.c — the VM's QMP commands and events: what each command name does
  * to struct vm, with QEMU's names, reply shapes and error texts.
  *
- * Built into the server (qmp.c): qmp_capabilities, query-commands.
- * Here: query-status, stop, cont, quit, query-version; and the VM's event sink
- * (STOP, RESUME, SHUTDOWN, ...) forwarded to negotiated clients.
+ * Built into the server (dispatch.c): qmp_capabilities, query-commands.
+ * Here: query-status, stop, cont, quit, query-version; migrate, its
+ * parameters, capabilities and status, migrate-incoming; and the VM's event
+ * sink (STOP, RESUME, SHUTDOWN, ...) forwarded to negotiated clients.
  * Handlers and the sink run on the main thread (vm.h's rule for vm_* calls). */
 #include <errno.h>
 #include <string.h>
@@ -99,7 +100,7 @@ static json_t *qmp_cmd_query_version(struct qmp_req *req, json_t *args, void *op
 	return qmp_version_json();
 }
 
-/* --- migration (today: snapshots to file:PATH) ------------------------------ */
+/* --- migration: snapshots to file:PATH, and live update (cpr-*) ------------ */
 
 static const char *const migrate_caps[] = { "x-ignore-shared" };
 
@@ -178,8 +179,8 @@ static void qmp_cpr_transfer_after_reply(struct qmp_server *s, void *opaque)
 	/* The guest runs in the new process, which owns the sockets now. This
 	 * one stays SCHED_BATCH (cpr/place.c): its teardown never preempts
 	 * the guest's vCPUs, yet gets its share of a CPU. Not SCHED_IDLE: with
-	 * the guest busy on every CPU an idle task hardly runs, and the old
-	 * process lingered for 10-60 s, its memory held. */
+	 * the guest busy on every CPU an idle task hardly runs, so the old
+	 * process would hold its memory for tens of seconds. */
 	qmp_server_release_path(s);
 	vm_quit(opaque, 0, "host-cpr-transfer", false);
 }

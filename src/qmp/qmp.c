@@ -139,9 +139,10 @@ int qmp_server_new_fd(struct qmp_server **out, const char *path, int adopt_fd, s
 		snprintf(err, errlen, "QMP socket path is empty");
 		return -EINVAL;
 	}
-	/* jansson seeds its hash tables on the first object it makes, from
-	 * /dev/urandom (open, read, close): now, not with the first event of
-	 * a live update's new side, sent in the blackout (~12 us, traced). */
+	/* jansson seeds its hash tables on the first object it makes, which
+	 * opens, reads and closes /dev/urandom. Seed at setup: otherwise a live
+	 * update's new side would pay for it with its first event, sent while
+	 * the guest is paused. */
 	json_object_seed(0);
 	s = calloc(1, sizeof(*s));
 	if (!s || !(s->path = strdup(path))) {
