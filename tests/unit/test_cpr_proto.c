@@ -332,24 +332,33 @@ static pid_t peer_that_says(const char *path, char what)
 	return pid;
 }
 
-static void test_fence_kills_silent_peer(void **state)
+/* A peer process connected to this one over a unix socket (SO_PEERCRED
+ * names it, unlike a socketpair's), having said what (0: nothing). */
+static int connected_peer(char what, pid_t *pid)
 {
-	char path[64], c = 0;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), s, status;
-	pid_t pid;
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), s;
 
-	(void)state;
-	snprintf(path, sizeof(path), "/tmp/cprvm-test-fence-%d", (int)getpid());
-	strcpy(sa.sun_path, path);
-	unlink(path);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/cprvm-test-fence-%d", (int)getpid());
+	unlink(sa.sun_path);
 	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	assert_int_equal(listen(l, 1), 0);
-	pid = peer_that_says(path, 0);
+	*pid = peer_that_says(sa.sun_path, what);
 	s = accept(l, NULL, NULL);
 	assert_true(s >= 0);
 	close(l);
-	unlink(path);
+	unlink(sa.sun_path);
+	return s;
+}
+
+static void test_fence_kills_silent_peer(void **state)
+{
+	char c = 0;
+	int s, status;
+	pid_t pid;
+
+	(void)state;
+	s = connected_peer(0, &pid);
 	assert_int_equal(cpr_proto_fence(s, &c), 0);
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -358,21 +367,12 @@ static void test_fence_kills_silent_peer(void **state)
 
 static void test_fence_reads_late_answer(void **state)
 {
-	char path[64], c = 0;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), s;
+	char c = 0;
+	int s;
 	pid_t pid;
 
 	(void)state;
-	snprintf(path, sizeof(path), "/tmp/cprvm-test-fence2-%d", (int)getpid());
-	strcpy(sa.sun_path, path);
-	unlink(path);
-	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(l, 1), 0);
-	pid = peer_that_says(path, CPR_MSG_RUNNING);
-	s = accept(l, NULL, NULL);
-	close(l);
-	unlink(path);
+	s = connected_peer(CPR_MSG_RUNNING, &pid);
 	/* The peer answered, but too late for the wait: the fence finds it. */
 	for (int i = 0; i < 500 && recv(s, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1; i++)
 		usleep(10000);
