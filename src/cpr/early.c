@@ -108,8 +108,8 @@ void cpr_early_in_init(struct cpr_early_in *in, struct vm *vm, const struct cpr_
 		return;
 	in->buf = malloc(VCPU_EARLY_MAX);
 	in->tmp = malloc(sizeof(*in->tmp));
-	for (int i = 0; in->buf && in->tmp && i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; in->buf && in->tmp && i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 
 		if (!v->lu.early && (v->lu.early = calloc(1, sizeof(*v->lu.early))))
 			cpr_touch_pages(v->lu.early, sizeof(*v->lu.early));
@@ -154,27 +154,27 @@ void cpr_take_early(const struct cpr_early_in *in, struct vm *vm, bool answered)
 		if (n <= 0)
 			return;
 		if (vcpu_early_decode(buf, (size_t)n, &id, &part, tmp) < 0 ||
-		    id >= (uint32_t)vm->nr_vcpus) {
+		    id >= (uint32_t)vm->cpus.nr_vcpus) {
 			pr_debug("live update: a malformed early state message (%zd bytes)", n);
 			continue;
 		}
 		if (part == VCPU_EARLY_MSRS_AHEAD) {
 			if (answered)
 				continue;
-			if (vcpu_state_apply_ahead(&vm->vcpus[id], tmp) == 0)
+			if (vcpu_state_apply_ahead(&vm->cpus.vcpus[id], tmp) == 0)
 				trace_mark("ahead-set");
 			else
 				pr_debug("live update: vCPU %u: the MSRs read ahead could not be set",
 					 id);
 			continue;
 		}
-		ret = vcpu_state_apply_early(&vm->vcpus[id], part, tmp, buf, (size_t)n);
+		ret = vcpu_state_apply_early(&vm->cpus.vcpus[id], part, tmp, buf, (size_t)n);
 		if (ret < 0)
 			pr_debug("live update: vCPU %u early state, part %d: %s", id, (int)part,
 				 strerror(-ret));
 		else
 			trace_mark(part == VCPU_EARLY_REGS ? "early-regs-posted" : "early-set");
-		if (vm->place_late)
+		if (vm->cpus.place_late)
 			cpr_place_vcpus_late(vm); /* the first time only */
 	}
 }
@@ -207,8 +207,8 @@ bool cpr_early_sections_ok(struct vm *vm, const struct cpr_state *cs, int early_
 	if (!(cs->caps & CPR_CAP_EARLY_SECTIONS) || early_fd < 0 ||
 	    test_fault(TEST_FAULT_NEW_CLASSIC))
 		return false;
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		if (!vm->vcpus[i].lu.early || !vm->vcpus[i].lu.early_msgs)
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		if (!vm->cpus.vcpus[i].lu.early || !vm->cpus.vcpus[i].lu.early_msgs)
 			return false;
 	return true;
 }

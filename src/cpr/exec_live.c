@@ -59,7 +59,7 @@ static void keeper_serve(struct vm *vm, int sock)
 			break;
 		}
 	}
-	vcpu_runners_end(vm);
+	vcpu_runners_end(&vm->cpus);
 }
 
 static int keeper_live_main(void *p)
@@ -92,7 +92,7 @@ static int keeper_live_main(void *p)
 	if (n == 1 && c == CPR_MSG_HELLO)
 		keeper_serve(a.vm, a.sock);
 	else
-		vcpu_runners_end(a.vm);
+		vcpu_runners_end(&a.vm->cpus);
 	sched_idle_self(); /* the old world may go down with this task */
 	syscall(SYS_exit, 0);
 	return 0;
@@ -126,8 +126,8 @@ int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char 
 		ret = set_err(err, errlen, -errno, "cpr-exec: keeper: %s", strerror(errno));
 		goto out;
 	}
-	vm->keeper_pid = keeper;
-	ret = vcpu_runners_start(vm);
+	vm->cpus.keeper_pid = keeper;
+	ret = vcpu_runners_start(&vm->cpus);
 	if (ret < 0) {
 		set_err(err, errlen, ret, "cpr-exec: cannot start the vCPU runners");
 		goto out_keeper;
@@ -152,7 +152,7 @@ int cpr_exec_live(struct vm *vm, const char *path, char **argv, int exefd, char 
 	set_err(err, errlen, ret, "cpr-exec: cannot execute '%s': %s", path, strerror(-ret));
 	fcntl(exefd, F_SETFD, FD_CLOEXEC);
 	unsetenv(CPR_ENV_LIVE);
-	vcpu_runners_stop(vm);
+	vcpu_runners_stop(&vm->cpus);
 out_keeper:
 	if (cpr_proto_send(sv[1], CPR_MSG_ABORT) < 0)
 		pr_warn("cpr-exec: cannot release the keeper");

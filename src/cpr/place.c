@@ -27,7 +27,7 @@
  *    the threads are placed late (cpr_place_vcpus_late): from the stop on
  *    (the first early message), each on its runner's CPU, waiting politely.
  *    Their registers are set by the main thread as they come
- *    (vm->early_regs_here), not by a job of their own, which would wait on
+ *    (vm->cpus.early_regs_here), not by a job of their own, which would wait on
  *    that CPU for the runner to finish sending the stream.
  *  - The new side's main thread keeps off the CPUs the old vCPUs run on,
  *    if any other is allowed: it sets the early state and takes the stream
@@ -60,9 +60,9 @@ void cpr_batch_end(struct vm *vm)
 		return;
 	cpr_batch = false;
 	sched_setscheduler(0, SCHED_OTHER, &sp);
-	for (int i = 0; vm && i < vm->nr_vcpus; i++)
-		if (vm->vcpus[i].tid > 0)
-			sched_setscheduler(vm->vcpus[i].tid, SCHED_OTHER, &sp);
+	for (int i = 0; vm && i < vm->cpus.nr_vcpus; i++)
+		if (vm->cpus.vcpus[i].tid > 0)
+			sched_setscheduler(vm->cpus.vcpus[i].tid, SCHED_OTHER, &sp);
 }
 
 /* Pins v's thread to cpu, if its CPU set holds cpu (that set kept in
@@ -94,27 +94,27 @@ void cpr_place_vcpus(struct vm *vm, const struct cpr_state *cs)
 	bool any = false;
 
 	/* cpr-exec: only where, for now (cpr_place_vcpus_late). */
-	for (int i = 0; !n && i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; !n && i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 		uint32_t r = (uint32_t)i < cs->run_tid_len / sizeof(cs->run_tid[0]) ? cs->run_tid[i]
 										      : 0;
 
 		v->lu.place_cpu = r ? task_last_cpu((int)r) : -1;
 		if (v->lu.place_cpu >= 0 && v->lu.place_cpu < CPU_SETSIZE)
-			vm->place_late = vm->early_regs_here = true;
+			vm->cpus.place_late = vm->cpus.early_regs_here = true;
 		else
 			v->lu.place_cpu = -1;
 	}
 
-	for (int i = 0; i < vm->nr_vcpus && (uint32_t)i < n; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; i < vm->cpus.nr_vcpus && (uint32_t)i < n; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 		int cpu = cs->vcpu_tid[i] ? task_last_cpu((int)cs->vcpu_tid[i]) : -1;
 
 		if (cpr_pin_vcpu(v, cpu, &v->lu.placed_batch))
 			any = true;
 	}
 	if (any) {
-		__atomic_store_n(&vm->spin_polite, true, __ATOMIC_RELEASE);
+		__atomic_store_n(&vm->cpus.spin_polite, true, __ATOMIC_RELEASE);
 		vm_resume_soon(vm);
 	}
 }
@@ -124,8 +124,8 @@ void cpr_place_vcpus_late(struct vm *vm)
 {
 	bool any = false;
 
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 		int cpu = v->lu.place_cpu;
 		bool batched;
 
@@ -136,10 +136,10 @@ void cpr_place_vcpus_late(struct vm *vm)
 		}
 	}
 	if (any) {
-		__atomic_store_n(&vm->spin_polite, true, __ATOMIC_RELEASE);
+		__atomic_store_n(&vm->cpus.spin_polite, true, __ATOMIC_RELEASE);
 		vm_resume_soon(vm);
 	}
-	vm->place_late = false;
+	vm->cpus.place_late = false;
 }
 
 /* The new side's main thread, from READY until the guest runs here. */
@@ -180,9 +180,9 @@ void cpr_unplace_main(void)
 void cpr_unplace_vcpus(struct vm *vm)
 {
 	cpr_unplace_main();
-	__atomic_store_n(&vm->spin_polite, false, __ATOMIC_RELEASE);
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	__atomic_store_n(&vm->cpus.spin_polite, false, __ATOMIC_RELEASE);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 		struct sched_param sp = { 0 };
 
 		if (!v->lu.placed)

@@ -115,9 +115,9 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state 
 	vs = captured ? NULL : malloc(sizeof(*vs));
 	if (!vs && !captured)
 		return -ENOMEM;
-	for (int i = 0; i < vm->nr_vcpus; i++) {
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
 		if (!captured) {
-			ret = vcpu_state_save(&vm->vcpus[i], vs);
+			ret = vcpu_state_save(&vm->cpus.vcpus[i], vs);
 			if (ret < 0)
 				goto out;
 		}
@@ -135,7 +135,7 @@ int snapshot_put_devices(struct vm *vm, struct sbuf *b, const struct vcpu_state 
 			goto out;
 	}
 	trace_mark("vcpus-put");
-	ret = vm_kvm_state_save(vm, &kvm);
+	ret = vm_kvm_state_save(&vm->cpus, &kvm);
 	trace_mark("vm-state-read");
 	if (ret < 0)
 		goto out;
@@ -156,7 +156,7 @@ void snapshot_machine(struct vm *vm, struct machine_state *ms, uint32_t ram_mode
 	ms->mem_size = vm->mem.size;
 	ms->low_size = vm->mem.low_size;
 	ms->high_size = vm->mem.high_size;
-	ms->nr_cpus = vm->nr_vcpus;
+	ms->nr_cpus = vm->cpus.nr_vcpus;
 	ms->tsc_khz = vm->tsc_khz;
 	ms->ram_mode = ram_mode;
 	if (vm->mem.path && strlen(vm->mem.path) <= sizeof(ms->mem_path)) {
@@ -624,9 +624,9 @@ static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_ho
 		/* The early messages' bytes, if the stream has them: equal
 		 * bytes, equal state (else the fields are compared). */
 		bool done = (s->vcpu_early[i] &&
-			     vcpu_state_early_same(&vm->vcpus[i], s->vcpu_early[i],
+			     vcpu_state_early_same(&vm->cpus.vcpus[i], s->vcpu_early[i],
 						   s->vcpu_early_len[i])) ||
-			    vcpu_state_early_complete(&vm->vcpus[i], &s->vcpus[i]);
+			    vcpu_state_early_complete(&vm->cpus.vcpus[i], &s->vcpus[i]);
 
 		jobs[i] = (struct apply_job){ &s->vcpus[i], same_host, done };
 		args[i] = &jobs[i];
@@ -635,8 +635,8 @@ static int apply_on_vcpu_threads(struct snapshot *s, struct vm *vm, bool same_ho
 	}
 	if (!left)
 		return 0;
-	vcpu_jobs_post(vm, apply_job_fn, args);
-	return vcpu_jobs_wait(vm);
+	vcpu_jobs_post(&vm->cpus, apply_job_fn, args);
+	return vcpu_jobs_wait(&vm->cpus);
 }
 
 /* A vCPU state KVM refused: name the part, and what it means. */
@@ -645,7 +645,7 @@ static void restore_refused(struct vm *vm, struct snapshot *s, uint32_t i, int r
 {
 	char why[320];
 
-	if (vcpu_state_refusal(&vm->vcpus[i], &s->vcpus[i], why, sizeof(why)) > 0)
+	if (vcpu_state_refusal(&vm->cpus.vcpus[i], &s->vcpus[i], why, sizeof(why)) > 0)
 		snprintf(err, errlen, "cannot restore vCPU %u: %s: the state was saved on a CPU "
 			 "that this host's KVM cannot present (an incompatible CPU model)", i, why);
 	else
@@ -659,22 +659,22 @@ int snapshot_apply(struct snapshot *s, struct vm *vm, bool same_host, bool on_vc
 
 	/* VM-wide devices first: the LAPICs restored next deliver into the
 	 * IOAPIC/PIC routing restored here. */
-	ret = vm_kvm_state_load(vm, &s->kvm, same_host);
+	ret = vm_kvm_state_load(&vm->cpus, &s->kvm, same_host);
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot restore irqchip/PIT/clock: %s", strerror(-ret));
 		return ret;
 	}
-	if (on_vcpu_threads && s->nr_vcpus == (uint32_t)vm->nr_vcpus) {
+	if (on_vcpu_threads && s->nr_vcpus == (uint32_t)vm->cpus.nr_vcpus) {
 		/* Parked threads (live update): each restores its own vCPU
 		 * (the early state's last jobs may still run: done first). */
-		vcpu_jobs_wait(vm);
+		vcpu_jobs_wait(&vm->cpus);
 		if ((ret = apply_on_vcpu_threads(s, vm, same_host)) < 0) {
 			snprintf(err, errlen, "cannot restore the vCPUs: %s", strerror(-ret));
 			return ret;
 		}
 	} else {
 		for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-			ret = vcpu_state_load(&vm->vcpus[i], &s->vcpus[i], same_host);
+			ret = vcpu_state_load(&vm->cpus.vcpus[i], &s->vcpus[i], same_host);
 			if (ret < 0) {
 				restore_refused(vm, s, i, ret, err, errlen);
 				return ret;

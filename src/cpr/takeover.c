@@ -102,8 +102,8 @@ static int takeover_start(struct cpr_takeover *t)
 	}
 	ret = cs->guest_paused ? 0 : vm_resume_quiet(vm);
 	cs->resumed_ns = mono_ns();
-	for (int i = 0; ret == 0 && !cs->guest_paused && i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; ret == 0 && !cs->guest_paused && i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 
 		if (v->lu.placed && (uint32_t)i < t->snap.nr_vcpus)
 			cpr_guest_prefault(vm, v->lu.early && v->lu.early_regs_ok ? v->lu.early
@@ -139,8 +139,8 @@ int cpr_takeover_finish(struct cpr_takeover *t)
 		goto out;
 	/* The old vCPU threads are done: from here a waiting vCPU thread
 	 * yields only to the one that will let it go. */
-	__atomic_store_n(&vm->spin_polite, false, __ATOMIC_RELEASE);
-	__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->cpus.spin_polite, false, __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->cpus.waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 	if (t->sock >= 0 && cpr_proto_send(t->sock, CPR_MSG_RUNNING) < 0) {
 		ret = set_err(t->why, t->whylen, -EPIPE, "the old process is gone");
 		goto out;

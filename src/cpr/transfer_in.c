@@ -33,7 +33,7 @@ static int prepare_job_fn(struct vcpu *v, void *arg)
 	(void)arg;
 	/* Warm first: it changes the state that is read next. A warm-up
 	 * that went wrong leaves no base, so the restore sets everything. */
-	if (v->vm->warm_page && vcpu_warm_up(v) < 0)
+	if (vm_of(v->vs)->warm_page && vcpu_warm_up(v) < 0)
 		return -EIO;
 	/* Tests: the restore without a base must undo the warm-up whole. */
 	if (test_fault(TEST_FAULT_NO_BASE))
@@ -106,10 +106,10 @@ static int xin_build(struct cpr_takeover *t)
 	if (ret < 0)
 		return set_err(t->why, t->whylen, ret, "cannot start vCPU threads: %s",
 			       strerror(-ret));
-	args = calloc(t->vm->nr_vcpus, sizeof(*args));
+	args = calloc(t->vm->cpus.nr_vcpus, sizeof(*args));
 	if (args) {
-		vcpu_jobs_post(t->vm, prepare_job_fn, args);
-		vcpu_jobs_wait(t->vm); /* on failure, restores take the slow way */
+		vcpu_jobs_post(&t->vm->cpus, prepare_job_fn, args);
+		vcpu_jobs_wait(&t->vm->cpus); /* on failure, restores take the slow way */
 		free(args);
 	}
 	trace_mark("warmed");
@@ -167,7 +167,7 @@ static int xin_receive_state(struct cpr_takeover *t, struct cpr_early_in *early,
 	int fds[CPR_MAX_FDS], nfds = 0, ret;
 
 	cpr_wait_state(t->sock, early, t->vm, 20000);
-	if (t->vm->place_late)
+	if (t->vm->cpus.place_late)
 		cpr_place_vcpus_late(t->vm); /* no early message came */
 	ret = cpr_proto_recv_msg(t->sock, buf, len, fds, &nfds);
 	if (ret == 0)
@@ -224,8 +224,8 @@ static void xin_report(struct cpr_takeover *t)
 
 	for (uint32_t i = 0; i < t->snap.nr_vcpus && i < CPRVM_MAX_CPUS; i++)
 		msgs += t->snap.vcpu_early[i] != NULL;
-	for (int i = 0; i < t->vm->nr_vcpus; i++)
-		ahead += t->vm->vcpus[i].lu.msrs_ahead;
+	for (int i = 0; i < t->vm->cpus.nr_vcpus; i++)
+		ahead += t->vm->cpus.vcpus[i].lu.msrs_ahead;
 	vm_cpr_vcpu_state(t->vm, t->snap.nr_vcpus, t->snap.nr_set_early, msgs, ahead);
 }
 

@@ -79,8 +79,8 @@ static void capture_finish(struct capture_fin *f)
 	f->sent = true;
 	trace_mark("captured");
 	/* When the vCPUs stopped (noted before any was read). */
-	if (__atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST))
-		f->cs->stop_ns = __atomic_load_n(&vm->stopped_ns, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&vm->cpus.stopped_ns, __ATOMIC_SEQ_CST))
+		f->cs->stop_ns = __atomic_load_n(&vm->cpus.stopped_ns, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&vm->guest_event_posted, __ATOMIC_SEQ_CST)) {
 		cpr_proto_send_over(f->sock);
 		f->ret = -ESHUTDOWN;
@@ -103,7 +103,7 @@ static int capture_job_fn(struct vcpu *v, void *arg)
 
 	/* Not before every vCPU is out (see vcpu_wait_all_out); a vCPU
 	 * that does not come out within a second fails the update. */
-	if (vcpu_wait_all_out(v->vm, 1000 * 1000))
+	if (vcpu_wait_all_out(v->vs, 1000 * 1000))
 		ret = vcpu_state_capture_parked_early(v, a->early.s, cpr_early_send, &a->early);
 	if (ret < 0)
 		__atomic_store_n(&a->fin->failed, true, __ATOMIC_SEQ_CST);
@@ -147,12 +147,12 @@ static int xout_prepare(struct xout *x)
 		return set_err(x->why, x->whylen, -ENOMEM, "out of memory");
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, x->early) < 0)
 		x->early[0] = x->early[1] = -1;
-	for (int i = 0; i < vm->nr_vcpus; i++) {
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
 		cpr_early_out_init(&x->cargs[i].early, &x->vstates[i], x->early[0]);
 		x->cargs[i].fin = &x->fin;
 		x->vargs[i] = &x->cargs[i];
 	}
-	cpr_warm_heap(vm->nr_vcpus);
+	cpr_warm_heap(vm->cpus.nr_vcpus);
 	cpr_prefault();
 	return 0;
 }
@@ -181,12 +181,12 @@ static int xout_registry(struct xout *x, int *fds, int *nfds)
 	/* Tests: "old-classic" plays an old side without the capability. */
 	if (x->early[1] >= 0 && !test_fault(TEST_FAULT_OLD_CLASSIC))
 		cs->caps |= CPR_CAP_EARLY_SECTIONS;
-	for (int i = 0; !x->live && i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
-		cs->vcpu_tid[i] = (uint32_t)vm->vcpus[i].tid;
+	for (int i = 0; !x->live && i < vm->cpus.nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
+		cs->vcpu_tid[i] = (uint32_t)vm->cpus.vcpus[i].tid;
 		cs->vcpu_tid_len += sizeof(cs->vcpu_tid[0]);
 	}
-	for (int i = 0; i < vm->nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
-		cs->run_tid[i] = (uint32_t)vcpu_run_tid(&vm->vcpus[i]);
+	for (int i = 0; i < vm->cpus.nr_vcpus && i < CPRVM_MAX_CPUS; i++) {
+		cs->run_tid[i] = (uint32_t)vcpu_run_tid(&vm->cpus.vcpus[i]);
 		cs->run_tid_len += sizeof(cs->run_tid[0]);
 	}
 	return 0;
@@ -215,7 +215,7 @@ static int xout_send_config(struct xout *x)
 	 * cold: room for all of it now, touched (the whole VM is ~10 KiB per
 	 * vCPU, plus up to 64 KiB of serial output not yet written). */
 	x->b.len = 0;
-	if (sbuf_reserve(&x->b, (128u << 10) + (size_t)x->vm->nr_vcpus * (96u << 10)) == 0)
+	if (sbuf_reserve(&x->b, (128u << 10) + (size_t)x->vm->cpus.nr_vcpus * (96u << 10)) == 0)
 		cpr_touch_pages(x->b.data, x->b.cap);
 	if (x->early[1] >= 0) { /* the new side has its own copy */
 		close(x->early[1]);
@@ -232,12 +232,12 @@ static int xout_wait_ready(struct xout *x)
 	int ret;
 	char c;
 
-	for (int i = 0; x->early[0] >= 0 && i < vm->nr_vcpus; i++)
+	for (int i = 0; x->early[0] >= 0 && i < vm->cpus.nr_vcpus; i++)
 		if (x->cargs[i].early.buf)
-			vcpu_post_at_exit(&vm->vcpus[i], cpr_early_ahead, &x->cargs[i].early);
+			vcpu_post_at_exit(&vm->cpus.vcpus[i], cpr_early_ahead, &x->cargs[i].early);
 	ret = cpr_proto_wait(x->sock, xout_timeout_ms(x), &c, x->why, x->whylen);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vcpu_cancel_at_exit(&vm->vcpus[i]);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		vcpu_cancel_at_exit(&vm->cpus.vcpus[i]);
 	if (ret < 0)
 		return ret;
 	if (c == CPR_MSG_READY_EARLY && (x->cs->caps & CPR_CAP_EARLY_SECTIONS)) {
@@ -259,17 +259,17 @@ static int xout_stop_and_send(struct xout *x)
 
 	/* Where each vCPU runs now: the new side pins its own there
 	 * (place.c), and the old tasks step aside from it after RUNNING. */
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vm->vcpus[i].lu.run_cpu = task_last_cpu(vcpu_run_tid(&vm->vcpus[i]));
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		vm->cpus.vcpus[i].lu.run_cpu = task_last_cpu(vcpu_run_tid(&vm->cpus.vcpus[i]));
 	x->cs->stop_ns = mono_ns();
 	trace_mark("stop");
 	x->cs->guest_paused = vm->state == RUN_STATE_PAUSED;
 	/* Each vCPU thread reads its own state as it parks. */
-	vcpu_jobs_post(vm, capture_job_fn, x->vargs);
+	vcpu_jobs_post(&vm->cpus, capture_job_fn, x->vargs);
 	/* STOP is sent once the guest runs again. */
 	ret = vm_pause_quiet(vm, vm_migration(vm)->stop_wait_us);
 	if (ret < 0) {
-		vcpu_jobs_wait(vm);
+		vcpu_jobs_wait(&vm->cpus);
 		return set_err(x->why, x->whylen, ret, "cannot stop the vCPUs: %s", strerror(-ret));
 	}
 	x->stopped = true;
@@ -284,7 +284,7 @@ static int xout_stop_and_send(struct xout *x)
 	 * send the stream themselves (capture_finish): spinning, it would take
 	 * turns with the new side's main thread on a CPU they share. */
 	cpr_batch_begin();
-	ret = vcpu_jobs_wait_asleep(vm);
+	ret = vcpu_jobs_wait_asleep(&vm->cpus);
 	if (ret < 0)
 		return set_err(x->why, x->whylen, ret, "cannot read the vCPUs' state: %s",
 			       strerror(-ret));
@@ -354,7 +354,7 @@ static void xout_commit(struct xout *x)
 	char c;
 
 	trace_mark("got-R");
-	vcpu_all_step_aside(vm);
+	vcpu_all_step_aside(&vm->cpus);
 	cpr_proto_send(x->sock, CPR_MSG_GO);
 	vm_emit_stop(vm);
 	if (cpr_proto_wait(x->sock, xout_timeout_ms(x), &c, x->why, x->whylen) < 0 ||
@@ -362,7 +362,7 @@ static void xout_commit(struct xout *x)
 		pr_warn("live update: no confirmation from the new process (%s)", x->why);
 	vm->migration.status = "completed";
 	vm->migration.downtime_us = (int64_t)(mono_ns() - x->cs->stop_ns) / 1000;
-	vm->handed_over = true;
+	vm->cpus.handed_over = true;
 	trace_dump("old", x->cs->stop_ns);
 }
 
@@ -370,14 +370,14 @@ int cpr_transfer_out(struct vm *vm, int sock, bool live, char *why, size_t whyle
 {
 	struct xout x = { .vm = vm, .sock = sock, .live = live, .why = why, .whylen = whylen,
 			  .cs = calloc(1, sizeof(*x.cs)), .ho = calloc(1, sizeof(*x.ho)),
-			  .vstates = calloc(vm->nr_vcpus, sizeof(*x.vstates)),
-			  .cargs = calloc(vm->nr_vcpus, sizeof(*x.cargs)),
-			  .vargs = calloc(vm->nr_vcpus, sizeof(*x.vargs)), .b = SBUF_INIT,
+			  .vstates = calloc(vm->cpus.nr_vcpus, sizeof(*x.vstates)),
+			  .cargs = calloc(vm->cpus.nr_vcpus, sizeof(*x.cargs)),
+			  .vargs = calloc(vm->cpus.nr_vcpus, sizeof(*x.vargs)), .b = SBUF_INIT,
 			  .early = { -1, -1 } };
 	int ret;
 
 	x.fin = (struct capture_fin){ .vm = vm, .cs = x.cs, .ho = x.ho, .vstates = x.vstates,
-				      .b = &x.b, .sock = sock, .left = vm->nr_vcpus };
+				      .b = &x.b, .sock = sock, .left = vm->cpus.nr_vcpus };
 	ret = xout_prepare(&x);
 	if (ret < 0)
 		goto out;
@@ -398,7 +398,7 @@ out:
 	for (int i = 0; i < 2; i++)
 		if (x.early[i] >= 0)
 			close(x.early[i]);
-	for (int i = 0; x.cargs && i < vm->nr_vcpus; i++)
+	for (int i = 0; x.cargs && i < vm->cpus.nr_vcpus; i++)
 		cpr_early_out_free(&x.cargs[i].early);
 	free(x.cargs);
 	sbuf_free(&x.b);

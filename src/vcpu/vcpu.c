@@ -1,11 +1,11 @@
 /* vcpu.c — one thread per vCPU running KVM_RUN, and the exit dispatch.
  *
- * Pausing (see vm_pause): the main thread sets vm->pause_req, sets
+ * Pausing (see vm_pause): the main thread sets vs->pause_req, sets
  * run->immediate_exit and signals the thread with SIGUSR1. immediate_exit
  * closes the race where the signal lands just before KVM_RUN: the next
  * KVM_RUN returns -EINTR at once, after KVM completes any pending I/O exit
  * (so a parked vCPU never has half an instruction outstanding). The thread
- * then parks on vm->cond until the request is withdrawn. */
+ * then parks on vs->cond until the request is withdrawn. */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -27,7 +27,7 @@
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vcpu/vcpu_priv.h"
-#include "vm/vm_priv.h"
+#include "vcpu/vcpu.h"
 
 static void vcpu_kick_handler(int sig)
 {
@@ -68,19 +68,19 @@ static void vcpu_eat_kick(void)
 		;
 }
 
-int vcpu_init(struct vcpu *v, struct vm *vm, int id)
+int vcpu_init(struct vcpu *v, struct vcpus *vs, int id)
 {
 	int mmap_size;
 
-	v->vm = vm;
+	v->vs = vs;
 	v->id = id;
 	v->lu.run_cpu = -1;
 	v->lu.place_cpu = -1;
 	v->lu.keeper_fd = -1;
-	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, id);
+	v->fd = ioctl(vs->vm_fd, KVM_CREATE_VCPU, id);
 	if (v->fd < 0)
 		return -errno;
-	mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	mmap_size = ioctl(vs->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (mmap_size < (int)sizeof(struct kvm_run))
 		return -EINVAL;
 	v->run = mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
@@ -117,7 +117,7 @@ static bool vcpu_handle_exit(struct vcpu *v)
 
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO:
-		vm_pio(v->vm, run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
+		v->vs->ops->pio(v->vs, run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
 		       (uint8_t *)run + run->io.data_offset, run->io.size, run->io.count);
 		return true;
 	case KVM_EXIT_MMIO:
@@ -131,30 +131,30 @@ static bool vcpu_handle_exit(struct vcpu *v)
 		/* Only reached without an in-kernel LAPIC; treat as idle. */
 		return true;
 	case KVM_EXIT_SHUTDOWN:
-		vm_guest_crashed(v->vm, v->id, "triple fault (KVM_EXIT_SHUTDOWN)");
+		v->vs->ops->crashed(v->vs, v->id, "triple fault (KVM_EXIT_SHUTDOWN)");
 		return false;
 	case KVM_EXIT_SYSTEM_EVENT:
 		if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN) {
-			vm_guest_shutdown(v->vm);
+			v->vs->ops->shutdown(v->vs);
 		} else {
 			snprintf(why, sizeof(why), "system event %u (reset is not supported)",
 				 run->system_event.type);
-			vm_guest_crashed(v->vm, v->id, why);
+			v->vs->ops->crashed(v->vs, v->id, why);
 		}
 		return false;
 	case KVM_EXIT_FAIL_ENTRY:
 		snprintf(why, sizeof(why), "VM entry failed (hardware reason 0x%llx)",
 			 (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
-		vm_guest_crashed(v->vm, v->id, why);
+		v->vs->ops->crashed(v->vs, v->id, why);
 		return false;
 	case KVM_EXIT_INTERNAL_ERROR:
 		snprintf(why, sizeof(why), "KVM internal error (suberror %u)",
 			 run->internal.suberror);
-		vm_guest_crashed(v->vm, v->id, why);
+		v->vs->ops->crashed(v->vs, v->id, why);
 		return false;
 	default:
 		snprintf(why, sizeof(why), "unhandled KVM exit reason %u", run->exit_reason);
-		vm_guest_crashed(v->vm, v->id, why);
+		v->vs->ops->crashed(v->vs, v->id, why);
 		return false;
 	}
 }
@@ -188,20 +188,20 @@ bool spin_until(const bool *flag, bool want, unsigned max_us)
  * is lifted, the loop must end or there is a job, until end (mono_us). */
 static void vcpu_spin_parked(struct vcpu *v, bool runner, uint64_t end)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 
-	for (unsigned n = 1; __atomic_load_n(&vm->pause_req, __ATOMIC_ACQUIRE) &&
-			     !__atomic_load_n(&vm->stop_req, __ATOMIC_ACQUIRE) &&
+	for (unsigned n = 1; __atomic_load_n(&vs->pause_req, __ATOMIC_ACQUIRE) &&
+			     !__atomic_load_n(&vs->stop_req, __ATOMIC_ACQUIRE) &&
 			     !__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
 			     !(runner && __atomic_load_n(&v->lu.runner_exit, __ATOMIC_ACQUIRE));
 	     n++) {
 		if (!(n % 64)) {
-			int waker = __atomic_load_n(&vm->waker_cpu, __ATOMIC_ACQUIRE);
+			int waker = __atomic_load_n(&vs->waker_cpu, __ATOMIC_ACQUIRE);
 
 			if (mono_us() >= end)
 				return;
 			if (waker < 0 || waker == sched_getcpu() ||
-			    __atomic_load_n(&vm->spin_polite, __ATOMIC_ACQUIRE))
+			    __atomic_load_n(&vs->spin_polite, __ATOMIC_ACQUIRE))
 				sched_yield();
 		}
 		__builtin_ia32_pause();
@@ -227,10 +227,10 @@ static void vcpu_do_job(struct vcpu *v)
 
 		sched_setscheduler(0, SCHED_OTHER, &sp);
 	}
-	pthread_mutex_lock(&v->vm->lock);
+	pthread_mutex_lock(&v->vs->lock);
 	__atomic_store_n(&v->job_fn, NULL, __ATOMIC_RELEASE);
-	pthread_cond_broadcast(&v->vm->cond);
-	pthread_mutex_unlock(&v->vm->lock);
+	pthread_cond_broadcast(&v->vs->cond);
+	pthread_mutex_unlock(&v->vs->lock);
 }
 
 static void job_set(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
@@ -241,85 +241,85 @@ static void job_set(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *
 	__atomic_store_n(&v->job_fn, fn, __ATOMIC_RELEASE);
 }
 
-void vcpu_jobs_post(struct vm *vm, int (*fn)(struct vcpu *v, void *arg), void *const *args)
+void vcpu_jobs_post(struct vcpus *vs, int (*fn)(struct vcpu *v, void *arg), void *const *args)
 {
-	pthread_mutex_lock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		job_set(&vm->vcpus[i], fn, args[i]);
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
+	for (int i = 0; i < vs->nr_vcpus; i++)
+		job_set(&vs->vcpus[i], fn, args[i]);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 }
 
 void vcpu_job_post(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
 {
-	pthread_mutex_lock(&v->vm->lock);
+	pthread_mutex_lock(&v->vs->lock);
 	job_set(v, fn, arg);
-	pthread_cond_broadcast(&v->vm->cond);
-	pthread_mutex_unlock(&v->vm->lock);
+	pthread_cond_broadcast(&v->vs->cond);
+	pthread_mutex_unlock(&v->vs->lock);
 }
 
 void vcpu_post_at_exit(struct vcpu *v, int (*fn)(struct vcpu *v, void *arg), void *arg)
 {
-	pthread_mutex_lock(&v->vm->lock);
+	pthread_mutex_lock(&v->vs->lock);
 	v->exit_arg = arg;
 	__atomic_store_n(&v->exit_fn, fn, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&v->vm->lock);
+	pthread_mutex_unlock(&v->vs->lock);
 }
 
 void vcpu_cancel_at_exit(struct vcpu *v)
 {
-	pthread_mutex_lock(&v->vm->lock);
+	pthread_mutex_lock(&v->vs->lock);
 	__atomic_store_n(&v->exit_fn, NULL, __ATOMIC_RELEASE);
 	while (v->exit_busy)
-		pthread_cond_wait(&v->vm->cond, &v->vm->lock);
-	pthread_mutex_unlock(&v->vm->lock);
+		pthread_cond_wait(&v->vs->cond, &v->vs->lock);
+	pthread_mutex_unlock(&v->vs->lock);
 }
 
 /* After an exit, on the vCPU's thread: the work vcpu_post_at_exit left,
  * unless a pause is asked for (the guest is stopping: not now). */
 static void vcpu_do_at_exit(struct vcpu *v)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	int (*fn)(struct vcpu *, void *);
 
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	fn = v->exit_fn;
-	if (!fn || vm->pause_req || vm->stop_req) {
-		pthread_mutex_unlock(&vm->lock);
+	if (!fn || vs->pause_req || vs->stop_req) {
+		pthread_mutex_unlock(&vs->lock);
 		return;
 	}
 	__atomic_store_n(&v->exit_fn, NULL, __ATOMIC_RELEASE);
 	v->exit_busy = true;
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vs->lock);
 	fn(v, v->exit_arg);
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	v->exit_busy = false;
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 }
 
-static int jobs_wait(struct vm *vm, unsigned spin_us)
+static int jobs_wait(struct vcpus *vs, unsigned spin_us)
 {
 	int ret = 0;
 
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; i < vs->nr_vcpus; i++) {
+		struct vcpu *v = &vs->vcpus[i];
 
 		/* Each job is a handful of ioctls: wait on the CPU first. */
 		if (spin_us) {
 			uint64_t end = mono_us() + spin_us;
 
-			__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
+			__atomic_store_n(&vs->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
 			SPIN_WHILE(__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) &&
 					   v->thread_started &&
 					   !__atomic_load_n(&v->exited, __ATOMIC_ACQUIRE),
 				   end);
 		}
-		pthread_mutex_lock(&vm->lock);
+		pthread_mutex_lock(&vs->lock);
 		while (__atomic_load_n(&v->job_fn, __ATOMIC_ACQUIRE) && v->thread_started &&
 		       !v->exited)
-			pthread_cond_wait(&vm->cond, &vm->lock);
-		pthread_mutex_unlock(&vm->lock);
+			pthread_cond_wait(&vs->cond, &vs->lock);
+		pthread_mutex_unlock(&vs->lock);
 		vcpu_do_job(v); /* no thread to run it (any more): here */
 		if (v->job_ret < 0 && !ret)
 			ret = v->job_ret;
@@ -327,27 +327,27 @@ static int jobs_wait(struct vm *vm, unsigned spin_us)
 	return ret;
 }
 
-int vcpu_jobs_wait(struct vm *vm)
+int vcpu_jobs_wait(struct vcpus *vs)
 {
-	return jobs_wait(vm, 5000);
+	return jobs_wait(vs, 5000);
 }
 
-int vcpu_jobs_wait_asleep(struct vm *vm)
+int vcpu_jobs_wait_asleep(struct vcpus *vs)
 {
-	return jobs_wait(vm, 0);
+	return jobs_wait(vs, 0);
 }
 
-bool vcpu_wait_all_out(struct vm *vm, unsigned max_us)
+bool vcpu_wait_all_out(struct vcpus *vs, unsigned max_us)
 {
 	uint64_t end = mono_us() + max_us;
 	int want = 0;
 
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		if (vm->vcpus[i].thread_started && !__atomic_load_n(&vm->vcpus[i].exited,
+	for (int i = 0; i < vs->nr_vcpus; i++)
+		if (vs->vcpus[i].thread_started && !__atomic_load_n(&vs->vcpus[i].exited,
 								    __ATOMIC_ACQUIRE))
 			want++;
 	/* One vCPU: itself, at once. */
-	return SPIN_WHILE(__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) < want, end);
+	return SPIN_WHILE(__atomic_load_n(&vs->nr_out, __ATOMIC_ACQUIRE) < want, end);
 }
 
 /* A runner: whether the keeper is gone (its pidfd readable). */
@@ -361,7 +361,7 @@ static bool keeper_gone(struct vcpu *v)
 /* Parks while a pause is requested. Returns false if the loop must end. */
 static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	uint64_t spin_end = 0;
 	bool stop;
 
@@ -369,31 +369,31 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 	__atomic_store_n(&v->out, true, __ATOMIC_SEQ_CST);
 	/* A stop at an exit (vm_pause_quiet): the first vCPU out stops the
 	 * others, at once. */
-	if (__atomic_add_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST) == 1 &&
-	    __atomic_exchange_n(&vm->kick_rest, false, __ATOMIC_SEQ_CST))
-		vm_kick_rest(vm);
+	if (__atomic_add_fetch(&vs->nr_out, 1, __ATOMIC_SEQ_CST) == 1 &&
+	    __atomic_exchange_n(&vs->kick_rest, false, __ATOMIC_SEQ_CST))
+		vs->ops->kick_rest(vs);
 	/* A job posted with the pause (state capture) runs before this vCPU
 	 * counts as parked: whoever paused finds it done. */
 	vcpu_do_job(v);
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	v->run->immediate_exit = 0;
 	v->parked = true;
-	vm->nr_parked++;
-	pthread_cond_broadcast(&vm->cond);
-	while ((vm->pause_req || for_good) && !vm->stop_req && !(runner && v->lu.runner_exit)) {
+	vs->nr_parked++;
+	pthread_cond_broadcast(&vs->cond);
+	while ((vs->pause_req || for_good) && !vs->stop_req && !(runner && v->lu.runner_exit)) {
 		if (v->job_fn) {
-			pthread_mutex_unlock(&vm->lock);
+			pthread_mutex_unlock(&vs->lock);
 			vcpu_do_job(v);
-			pthread_mutex_lock(&vm->lock);
+			pthread_mutex_lock(&vs->lock);
 			continue;
 		}
-		if (!for_good && vm->resume_soon) {
+		if (!for_good && vs->resume_soon) {
 			if (!spin_end)
 				spin_end = mono_us() + 20000;
 			if (mono_us() < spin_end) {
-				pthread_mutex_unlock(&vm->lock);
+				pthread_mutex_unlock(&vs->lock);
 				vcpu_spin_parked(v, runner, spin_end);
-				pthread_mutex_lock(&vm->lock);
+				pthread_mutex_lock(&vs->lock);
 				continue;
 			}
 		}
@@ -406,35 +406,35 @@ static bool vcpu_park(struct vcpu *v, bool for_good, bool runner)
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000;
 			}
-			pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
+			pthread_cond_timedwait(&vs->cond, &vs->lock, &ts);
 			if (keeper_gone(v))
 				v->lu.runner_exit = true;
 			continue;
 		}
-		pthread_cond_wait(&vm->cond, &vm->lock);
+		pthread_cond_wait(&vs->cond, &vs->lock);
 	}
-	stop = vm->stop_req || (runner && v->lu.runner_exit);
+	stop = vs->stop_req || (runner && v->lu.runner_exit);
 	if (v->run_sigmask)
 		vcpu_eat_kick(); /* kicks that came while parked: none is owed */
-	vm->nr_parked--;
-	__atomic_sub_fetch(&vm->nr_out, 1, __ATOMIC_SEQ_CST);
+	vs->nr_parked--;
+	__atomic_sub_fetch(&vs->nr_out, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&v->out, false, __ATOMIC_SEQ_CST);
 	v->parked = false;
 	v->regs_fresh = false;
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vs->lock);
 	trace_mark("vcpu-unparked");
 	return !stop;
 }
 
 void vcpu_loop(struct vcpu *v, bool runner)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	/* Whether KVM may still owe the last exit's completion: not after a
 	 * KVM_RUN that returned -EINTR (a kick), which completed it first. */
 	bool owed = true;
 
 	for (;;) {
-		if (__atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST))
+		if (__atomic_load_n(&vs->stop_req, __ATOMIC_SEQ_CST))
 			break;
 		if (runner && __atomic_load_n(&v->lu.runner_exit, __ATOMIC_SEQ_CST))
 			return;
@@ -444,7 +444,7 @@ void vcpu_loop(struct vcpu *v, bool runner)
 			owed = true;
 			continue;
 		}
-		if (__atomic_load_n(&vm->pause_req, __ATOMIC_SEQ_CST)) {
+		if (__atomic_load_n(&vs->pause_req, __ATOMIC_SEQ_CST)) {
 			/* Complete the exit we just handled before parking:
 			 * KVM finishes a pending I/O (writes the IN data,
 			 * advances string I/O) on the next KVM_RUN, and with
@@ -463,10 +463,10 @@ void vcpu_loop(struct vcpu *v, bool runner)
 				/* The registers come back with it: the state
 				 * capture that usually follows the park needs no
 				 * KVM_RUN of its own (vcpu_state.c). */
-				if (vm->have_sync_regs)
+				if (vs->have_sync_regs)
 					v->run->kvm_valid_regs = VCPU_SYNC_ALL;
 				if (ioctl(v->fd, KVM_RUN, 0) < 0) {
-					v->regs_fresh = vm->have_sync_regs && errno == EINTR;
+					v->regs_fresh = vs->have_sync_regs && errno == EINTR;
 					break;
 				}
 				if (!vcpu_handle_exit(v)) {
@@ -481,7 +481,7 @@ void vcpu_loop(struct vcpu *v, bool runner)
 				break;
 			}
 			if (!vcpu_park(v, false, runner)) {
-				if (runner && !vm->stop_req)
+				if (runner && !vs->stop_req)
 					return;
 				break;
 			}
@@ -505,7 +505,7 @@ void vcpu_loop(struct vcpu *v, bool runner)
 			}
 			char why[96];
 			snprintf(why, sizeof(why), "KVM_RUN failed: %s", strerror(errno));
-			vm_guest_crashed(vm, v->id, why);
+			vs->ops->crashed(vs, v->id, why);
 			vcpu_park(v, true, runner);
 			break;
 		}
@@ -519,12 +519,12 @@ void vcpu_loop(struct vcpu *v, bool runner)
 		if (__builtin_expect(__atomic_load_n(&v->exit_fn, __ATOMIC_ACQUIRE) != NULL, 0))
 			vcpu_do_at_exit(v);
 	}
-	if (runner && vm->handed_over)
+	if (runner && vs->handed_over)
 		sched_idle_self();
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	v->exited = true;
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 }
 
 void __attribute__((noinline)) stack_touch(void)

@@ -14,7 +14,7 @@
 #include <sys/ioctl.h>
 
 #include "vcpu/vcpu_state.h"
-#include "vm/vm_priv.h"
+#include "vcpu/vcpu.h"
 
 /* Whether the vCPU holds e already: reading the MSR gives e's value, or the
  * MSR does not exist here and e's value is 0. */
@@ -68,12 +68,12 @@ static const char *const xfeature_names[] = {
 };
 
 /* The XCR0 bits KVM offers guests here (CPUID 0xD.0 EDX:EAX). */
-static uint64_t supported_xcr0(const struct vm *vm)
+static uint64_t supported_xcr0(const struct vcpus *vs)
 {
-	if (!vm->cpuid)
+	if (!vs->cpuid)
 		return 0;
-	for (uint32_t i = 0; i < vm->cpuid->nent; i++) {
-		const struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+	for (uint32_t i = 0; i < vs->cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &vs->cpuid->entries[i];
 		if (e->function == 0xd && e->index == 0)
 			return e->eax | (uint64_t)e->edx << 32;
 	}
@@ -95,9 +95,9 @@ static void name_xfeatures(uint64_t bits, char *buf, size_t len)
 	}
 }
 
-static int explain_xstate(const struct vm *vm, uint64_t bv, const char *what, char *buf, size_t len)
+static int explain_xstate(const struct vcpus *vs, uint64_t bv, const char *what, char *buf, size_t len)
 {
-	uint64_t extra = bv & ~supported_xcr0(vm);
+	uint64_t extra = bv & ~supported_xcr0(vs);
 	char names[256];
 
 	if (!extra)
@@ -133,7 +133,7 @@ static int explain_sregs(struct vcpu *v, const struct vcpu_state *s, char *buf, 
 	uint64_t cr0 = s->sregs.cr0, cr4 = s->sregs.cr4, efer = s->sregs.efer;
 
 	if (s->have_sregs2) {
-		if (!v->vm->have_sregs2)
+		if (!v->vs->have_sregs2)
 			return snprintf(buf, len, "the state has KVM_SET_SREGS2's form, which this "
 					"host's KVM lacks");
 		if (ioctl(v->fd, KVM_SET_SREGS2, &s->sregs2) == 0)
@@ -159,13 +159,13 @@ int vcpu_state_refusal(struct vcpu *v, const struct vcpu_state *s, char *buf, si
 		return n;
 	if (s->xsave_len >= 520)
 		memcpy(&bv, s->xsave + 512, sizeof(bv)); /* XSAVE header: XSTATE_BV */
-	if (s->xsave_len > v->vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
+	if (s->xsave_len > v->vs->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
 		return snprintf(buf, len, "the XSAVE area (%u bytes) is larger than this host's (%u)",
-				s->xsave_len, v->vm->xsave_size);
+				s->xsave_len, v->vs->xsave_size);
 	if (ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0)
-		return explain_xstate(v->vm, bv, "XSAVE area", buf, len);
+		return explain_xstate(v->vs, bv, "XSAVE area", buf, len);
 	if (ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
-		return explain_xstate(v->vm, s->xcrs.nr_xcrs ? s->xcrs.xcrs[0].value : 0, "XCR0",
+		return explain_xstate(v->vs, s->xcrs.nr_xcrs ? s->xcrs.xcrs[0].value : 0, "XCR0",
 				      buf, len);
 	if (ioctl(v->fd, KVM_SET_DEBUGREGS, &s->debugregs) < 0)
 		return snprintf(buf, len, "KVM refused the debug registers");

@@ -17,7 +17,7 @@
 #include "state/state.h"
 #include "vcpu/vcpu_state.h"
 #include "vcpu/vcpu_state_priv.h"
-#include "vm/vm_priv.h"
+#include "vcpu/vcpu.h"
 
 /* A KVM_RUN that enters no guest (immediate_exit): it only syncs. */
 static int vcpu_sync_run(struct vcpu *v)
@@ -49,11 +49,11 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 						  enum vcpu_early_part part),
 				    void *ctx)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	int ret;
 
-	if (!vm->have_sync_regs)
+	if (!vs->have_sync_regs)
 		return vcpu_state_save(v, s);
 	ret = vcpu_save_head(v, s);
 	if (ret < 0)
@@ -82,7 +82,7 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	 * parked, may since have sent it an NMI (queued, taken into the
 	 * events only when they are read) or an INIT (taken by
 	 * KVM_GET_MP_STATE above, which resets the registers). */
-	if (!v->regs_fresh || vm->nr_vcpus > 1) {
+	if (!v->regs_fresh || vs->nr_vcpus > 1) {
 		v->run->kvm_valid_regs = VCPU_SYNC_ALL;
 		ret = vcpu_sync_run(v);
 		v->run->kvm_valid_regs = 0;
@@ -98,7 +98,7 @@ int vcpu_state_capture_parked_early(struct vcpu *v, struct vcpu_state *s,
 	 * delivery) in the ~0.1 ms since the exit: not read again for that. */
 	s->events = sr->events;
 	s->have_sregs2 = 0;
-	if (vm->have_sregs2 && sregs_paging_needs_pdptrs(s->sregs.cr0, s->sregs.cr4,
+	if (vs->have_sregs2 && sregs_paging_needs_pdptrs(s->sregs.cr0, s->sregs.cr4,
 							  s->sregs.efer)) {
 		/* PAE paging outside long mode: the PDPTRs matter (and the
 		 * registers part cannot carry them). */
@@ -197,7 +197,7 @@ static bool early_matches(const struct vcpu_state *e, const struct vcpu_state *s
 
 /* The registers part: XCRs and debug registers where they differ from a
  * fresh vCPU's, then registers, special registers and events through
- * kvm_run. A job on the vCPU's thread, or (vm->early_regs_here) straight
+ * kvm_run. A job on the vCPU's thread, or (vs->early_regs_here) straight
  * from the thread that took the part: a KVM_RUN from a thread other than
  * the vCPU's costs a little more, and so does the vCPU's next KVM_RUN,
  * back on its own thread and CPU: less than waiting for the vCPU's thread
@@ -274,7 +274,7 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		/* Only where a fresh vCPU's MP state and APIC base stand (as in
 		 * vcpu_state_apply_parked's quick way): setting either resets
 		 * parts of the vCPU, which must come first. */
-		if (!v->base.valid || !v->vm->have_sync_regs ||
+		if (!v->base.valid || !v->vs->have_sync_regs ||
 		    memcmp(&s->mp_state, &v->base.mp_state, sizeof(s->mp_state)) ||
 		    s->sregs.apic_base != v->base.apic_base) {
 			ret = -EOPNOTSUPP;
@@ -289,7 +289,7 @@ int vcpu_state_apply_early(struct vcpu *v, enum vcpu_early_part part, const stru
 		/* What the job sets is no longer the fresh vCPU's. */
 		v->base.valid = false;
 		v->lu.early_regs_ok = false;
-		if (v->vm->early_regs_here)
+		if (v->vs->early_regs_here)
 			early_regs_job(v, NULL);
 		else
 			vcpu_job_post(v, early_regs_job, NULL);
@@ -349,14 +349,14 @@ int vcpu_state_read_base(struct vcpu *v)
 
 int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	struct kvm_sync_regs *sr = &v->run->s.regs;
 	const bool base = v->base.valid;
 	struct kvm_sregs sregs;
 	bool sync, early;
 	int ret;
 
-	if (!vm->have_sync_regs || !base)
+	if (!vs->have_sync_regs || !base)
 		return vcpu_state_load(v, s, same_host);
 	if (s->have_sregs2) {
 		if (sregs_paging_needs_pdptrs(s->sregs2.cr0, s->sregs2.cr4, s->sregs2.efer))

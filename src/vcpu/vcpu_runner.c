@@ -43,14 +43,14 @@
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vcpu/vcpu_priv.h"
-#include "vm/vm_priv.h"
+#include "vcpu/vcpu.h"
 
 #define RUNNER_STACK (1024 * 1024)
 
 static int vcpu_runner_main(void *arg)
 {
 	struct vcpu *v = arg;
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	timer_t keeper_timer;
 	bool have_timer = false;
 	sigset_t set;
@@ -68,7 +68,7 @@ static int vcpu_runner_main(void *arg)
 	}
 	/* The keeper's pulse: a pidfd, looked at on a 100 ms timer (its
 	 * signal is the kick's: KVM_RUN returns, the loop looks). */
-	v->lu.keeper_fd = vm->keeper_pid > 0 ? (int)syscall(SYS_pidfd_open, vm->keeper_pid, 0) : -1;
+	v->lu.keeper_fd = vs->keeper_pid > 0 ? (int)syscall(SYS_pidfd_open, vs->keeper_pid, 0) : -1;
 	if (v->lu.keeper_fd >= 0) {
 		struct sigevent ev = { .sigev_notify = SIGEV_THREAD_ID,
 				       .sigev_signo = VCPU_KICK_SIGNAL };
@@ -81,26 +81,26 @@ static int vcpu_runner_main(void *arg)
 			timer_settime(keeper_timer, 0, &its, NULL);
 		}
 	}
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	v->lu.runner_live = true;
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 	vcpu_loop(v, true);
 	if (have_timer)
 		timer_delete(keeper_timer);
 	if (v->lu.keeper_fd >= 0)
 		close(v->lu.keeper_fd);
 	v->lu.keeper_fd = -1;
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
 	v->lu.runner_live = false;
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 	return 0;
 }
 
 void vcpu_hand_to_runner(struct vcpu *v)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	sigset_t set, old;
 	void *stack;
 	int tid = -1;
@@ -121,11 +121,11 @@ void vcpu_hand_to_runner(struct vcpu *v)
 			    v, &v->lu.runner_tid, NULL, &v->lu.runner_tid);
 	}
 	if (tid <= 0) {
-		pthread_mutex_lock(&vm->lock);
+		pthread_mutex_lock(&vs->lock);
 		v->lu.runner_req = false;
 		v->lu.runner_failed = true;
-		pthread_cond_broadcast(&vm->cond);
-		pthread_mutex_unlock(&vm->lock);
+		pthread_cond_broadcast(&vs->cond);
+		pthread_mutex_unlock(&vs->lock);
 		if (stack != MAP_FAILED)
 			munmap(stack, RUNNER_STACK);
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -142,44 +142,44 @@ void vcpu_hand_to_runner(struct vcpu *v)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-int vcpu_runners_start(struct vm *vm)
+int vcpu_runners_start(struct vcpus *vs)
 {
 	bool failed = false;
 
-	pthread_mutex_lock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	pthread_mutex_lock(&vs->lock);
+	for (int i = 0; i < vs->nr_vcpus; i++) {
+		struct vcpu *v = &vs->vcpus[i];
 		v->lu.runner_failed = v->lu.runner_exit = false;
 		__atomic_store_n(&v->lu.runner_req, true, __ATOMIC_SEQ_CST);
 		vcpu_kick(v);
 	}
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; i < vs->nr_vcpus; i++) {
+		struct vcpu *v = &vs->vcpus[i];
 		while (!v->lu.runner_live && !v->lu.runner_failed && !v->exited && v->thread_started)
-			pthread_cond_wait(&vm->cond, &vm->lock);
+			pthread_cond_wait(&vs->cond, &vs->lock);
 		failed |= !v->lu.runner_live;
 	}
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vs->lock);
 	if (failed) {
-		vcpu_runners_stop(vm);
+		vcpu_runners_stop(vs);
 		return -EAGAIN;
 	}
 	return 0;
 }
 
-void vcpu_runners_stop(struct vm *vm)
+void vcpu_runners_stop(struct vcpus *vs)
 {
-	pthread_mutex_lock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		__atomic_store_n(&vm->vcpus[i].lu.runner_req, false, __ATOMIC_SEQ_CST);
-		__atomic_store_n(&vm->vcpus[i].lu.runner_exit, true, __ATOMIC_SEQ_CST);
-		vcpu_kick(&vm->vcpus[i]);
+	pthread_mutex_lock(&vs->lock);
+	for (int i = 0; i < vs->nr_vcpus; i++) {
+		__atomic_store_n(&vs->vcpus[i].lu.runner_req, false, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vs->vcpus[i].lu.runner_exit, true, __ATOMIC_SEQ_CST);
+		vcpu_kick(&vs->vcpus[i]);
 	}
-	pthread_cond_broadcast(&vm->cond);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		while (vm->vcpus[i].lu.runner_live)
-			pthread_cond_wait(&vm->cond, &vm->lock);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_cond_broadcast(&vs->cond);
+	for (int i = 0; i < vs->nr_vcpus; i++)
+		while (vs->vcpus[i].lu.runner_live)
+			pthread_cond_wait(&vs->cond, &vs->lock);
+	pthread_mutex_unlock(&vs->lock);
 	/* Each thread takes its vCPU back once its runner has exited. */
 }
 
@@ -243,14 +243,14 @@ int vcpu_run_tid(const struct vcpu *v)
 	return tid > 0 ? tid : __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE);
 }
 
-void vcpu_all_step_aside(struct vm *vm)
+void vcpu_all_step_aside(struct vcpus *vs)
 {
 	struct sched_param sp = { 0 };
 
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		bool runner = __atomic_load_n(&vm->vcpus[i].lu.runner_tid, __ATOMIC_ACQUIRE) > 0;
-		int tid = vcpu_run_tid(&vm->vcpus[i]);
-		int cpu = vm->vcpus[i].lu.run_cpu;
+	for (int i = 0; i < vs->nr_vcpus; i++) {
+		bool runner = __atomic_load_n(&vs->vcpus[i].lu.runner_tid, __ATOMIC_ACQUIRE) > 0;
+		int tid = vcpu_run_tid(&vs->vcpus[i]);
+		int cpu = vs->vcpus[i].lu.run_cpu;
 		cpu_set_t set;
 
 		if (tid <= 0)
@@ -274,13 +274,13 @@ void vcpu_all_step_aside(struct vm *vm)
 	}
 }
 
-void vcpu_runners_end(struct vm *vm)
+void vcpu_runners_end(struct vcpus *vs)
 {
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->stop_req, true, __ATOMIC_SEQ_CST);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vcpu_kick(&vm->vcpus[i]);
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vs->lock);
+	__atomic_store_n(&vs->stop_req, true, __ATOMIC_SEQ_CST);
+	for (int i = 0; i < vs->nr_vcpus; i++)
+		vcpu_kick(&vs->vcpus[i]);
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
 }
 

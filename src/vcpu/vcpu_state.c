@@ -10,7 +10,7 @@
 #include "state/state.h"
 #include "vcpu/vcpu_state.h"
 #include "vcpu/vcpu_state_priv.h"
-#include "vm/vm_priv.h"
+#include "vcpu/vcpu.h"
 
 /* --- stream tables ----------------------------------------------------------
  * Kernel structs go in as their bytes: they are KVM's stable ABI. Field ids
@@ -75,7 +75,7 @@ static struct kvm_msrs *msrs_alloc(uint32_t n)
 	return calloc(1, sizeof(struct kvm_msrs) + (size_t)n * sizeof(struct kvm_msr_entry));
 }
 
-int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr)
+int vcpu_msr_list_probe(struct vcpus *vs, int vcpu_fd, uint32_t **out, uint32_t *nr)
 {
 	struct kvm_msr_list probe = { .nmsrs = 0 }, *list;
 	struct kvm_msrs *buf;
@@ -83,7 +83,7 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 	int ret = 0;
 
 	/* First call reports the count (E2BIG). */
-	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
+	if (ioctl(vs->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
 		return -errno;
 	if (probe.nmsrs > VCPU_MAX_MSRS)
 		probe.nmsrs = VCPU_MAX_MSRS;
@@ -95,7 +95,7 @@ int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr
 		goto out;
 	}
 	list->nmsrs = probe.nmsrs;
-	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, list) < 0) {
+	if (ioctl(vs->kvm_fd, KVM_GET_MSR_INDEX_LIST, list) < 0) {
 		ret = -errno;
 		goto out;
 	}
@@ -130,23 +130,23 @@ out:
 
 int vcpu_msr_list_ensure(struct vcpu *v)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	uint32_t *list = NULL, nr = 0;
 	int ret;
 
-	if (__atomic_load_n(&vm->msr_indices, __ATOMIC_ACQUIRE))
+	if (__atomic_load_n(&vs->msr_indices, __ATOMIC_ACQUIRE))
 		return 0;
 	/* Every vCPU thread may get here at once: one list wins. */
-	ret = vcpu_msr_list_probe(vm, v->fd, &list, &nr);
+	ret = vcpu_msr_list_probe(vs, v->fd, &list, &nr);
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&vm->lock);
-	if (!vm->msr_indices) {
-		vm->nr_msr_indices = nr; /* before the list shows */
-		__atomic_store_n(&vm->msr_indices, list, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&vs->lock);
+	if (!vs->msr_indices) {
+		vs->nr_msr_indices = nr; /* before the list shows */
+		__atomic_store_n(&vs->msr_indices, list, __ATOMIC_RELEASE);
 		list = NULL;
 	}
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vs->lock);
 	free(list);
 	return 0;
 }
@@ -169,7 +169,7 @@ int vcpu_save_head(struct vcpu *v, struct vcpu_state *s)
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	int ret;
 
 	ret = vcpu_save_head(v, s);
@@ -177,7 +177,7 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 		return ret;
 	if (ioctl(v->fd, KVM_GET_REGS, &s->regs) < 0)
 		return -errno;
-	s->have_sregs2 = vm->have_sregs2;
+	s->have_sregs2 = vs->have_sregs2;
 	if (s->have_sregs2) {
 		if (ioctl(v->fd, KVM_GET_SREGS2, &s->sregs2) < 0)
 			return -errno;
@@ -196,38 +196,38 @@ int vcpu_state_save(struct vcpu *v, struct vcpu_state *s)
 
 int vcpu_save_xsave(struct vcpu *v, struct vcpu_state *s)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 
-	if (vm->xsave_size > VCPU_XSAVE_MAX)
+	if (vs->xsave_size > VCPU_XSAVE_MAX)
 		return -E2BIG;
-	if (ioctl(v->fd, vm->xsave_size > sizeof(struct kvm_xsave) ? KVM_GET_XSAVE2 : KVM_GET_XSAVE,
+	if (ioctl(v->fd, vs->xsave_size > sizeof(struct kvm_xsave) ? KVM_GET_XSAVE2 : KVM_GET_XSAVE,
 		  s->xsave) < 0)
 		return -errno;
-	s->xsave_len = vm->xsave_size;
+	s->xsave_len = vs->xsave_size;
 	return 0;
 }
 
 int vcpu_save_msrs(struct vcpu *v, struct vcpu_state *s)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	struct kvm_msrs *buf;
 	int ret;
 
-	if (vm->nr_msr_indices > VCPU_MAX_MSRS)
+	if (vs->nr_msr_indices > VCPU_MAX_MSRS)
 		return -E2BIG;
-	buf = msrs_alloc(vm->nr_msr_indices);
+	buf = msrs_alloc(vs->nr_msr_indices);
 	if (!buf)
 		return -ENOMEM;
-	buf->nmsrs = vm->nr_msr_indices;
-	for (uint32_t i = 0; i < vm->nr_msr_indices; i++)
-		buf->entries[i].index = vm->msr_indices[i];
+	buf->nmsrs = vs->nr_msr_indices;
+	for (uint32_t i = 0; i < vs->nr_msr_indices; i++)
+		buf->entries[i].index = vs->msr_indices[i];
 	ret = ioctl(v->fd, KVM_GET_MSRS, buf);
-	if (ret != (int)vm->nr_msr_indices) {
+	if (ret != (int)vs->nr_msr_indices) {
 		ret = ret < 0 ? -errno : -EIO;
 		free(buf);
 		return ret;
 	}
-	s->nr_msrs = vm->nr_msr_indices;
+	s->nr_msrs = vs->nr_msr_indices;
 	memcpy(s->msrs, buf->entries, s->nr_msrs * sizeof(buf->entries[0]));
 	free(buf);
 	return 0;
@@ -262,7 +262,7 @@ int vcpu_save_rest(struct vcpu *v, struct vcpu_state *s)
 
 int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 {
-	struct vm *vm = v->vm;
+	struct vcpus *vs = v->vs;
 	int ret;
 
 	v->regs_fresh = false; /* kvm_run's copy is stale from here on */
@@ -277,7 +277,7 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 	if (ioctl(v->fd, KVM_SET_REGS, &s->regs) < 0)
 		return -errno;
 	if (s->have_sregs2) {
-		if (!vm->have_sregs2)
+		if (!vs->have_sregs2)
 			return -EOPNOTSUPP;
 		if (ioctl(v->fd, KVM_SET_SREGS2, &s->sregs2) < 0)
 			return -errno;
@@ -294,7 +294,7 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state *s, bool same_host)
 
 int vcpu_load_xsave(struct vcpu *v, const struct vcpu_state *s)
 {
-	if (s->xsave_len > v->vm->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
+	if (s->xsave_len > v->vs->xsave_size && s->xsave_len > sizeof(struct kvm_xsave))
 		return -EOPNOTSUPP;
 	return ioctl(v->fd, KVM_SET_XSAVE, s->xsave) < 0 ? -errno : 0;
 }
@@ -384,24 +384,24 @@ int vcpu_load_rest(struct vcpu *v, const struct vcpu_state *s, bool same_host, b
 	return vcpu_load_tsc_offset(v, s, same_host);
 }
 
-int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s)
+int vm_kvm_state_save(struct vcpus *vs, struct vm_kvm_state *s)
 {
 	memset(s, 0, sizeof(*s));
 	s->pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
 	s->pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
 	s->ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
-	if (ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &s->pic_master) < 0 ||
-	    ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &s->pic_slave) < 0 ||
-	    ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &s->ioapic) < 0)
+	if (ioctl(vs->vm_fd, KVM_GET_IRQCHIP, &s->pic_master) < 0 ||
+	    ioctl(vs->vm_fd, KVM_GET_IRQCHIP, &s->pic_slave) < 0 ||
+	    ioctl(vs->vm_fd, KVM_GET_IRQCHIP, &s->ioapic) < 0)
 		return -errno;
-	if (ioctl(vm->vm_fd, KVM_GET_PIT2, &s->pit) < 0)
+	if (ioctl(vs->vm_fd, KVM_GET_PIT2, &s->pit) < 0)
 		return -errno;
-	if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &s->clock) < 0)
+	if (ioctl(vs->vm_fd, KVM_GET_CLOCK, &s->clock) < 0)
 		return -errno;
 	return 0;
 }
 
-int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_host)
+int vm_kvm_state_load(struct vcpus *vs, const struct vm_kvm_state *s, bool same_host)
 {
 	struct kvm_clock_data clock = { .clock = s->clock.clock };
 
@@ -412,15 +412,15 @@ int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_hos
 		clock.realtime = s->clock.realtime;
 	}
 
-	if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->pic_master) < 0 ||
-	    ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->pic_slave) < 0 ||
-	    ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->ioapic) < 0)
+	if (ioctl(vs->vm_fd, KVM_SET_IRQCHIP, &s->pic_master) < 0 ||
+	    ioctl(vs->vm_fd, KVM_SET_IRQCHIP, &s->pic_slave) < 0 ||
+	    ioctl(vs->vm_fd, KVM_SET_IRQCHIP, &s->ioapic) < 0)
 		return -errno;
-	if (ioctl(vm->vm_fd, KVM_SET_PIT2, &s->pit) < 0)
+	if (ioctl(vs->vm_fd, KVM_SET_PIT2, &s->pit) < 0)
 		return -errno;
 	/* Otherwise only the clock value: a snapshot's guest does not see the
 	 * time it spent on disk. */
-	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0)
+	if (ioctl(vs->vm_fd, KVM_SET_CLOCK, &clock) < 0)
 		return -errno;
 	return 0;
 }

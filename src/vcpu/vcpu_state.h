@@ -42,7 +42,7 @@ struct vm_kvm_state {
 };
 
 struct vcpu;
-struct vm;
+struct vcpus;
 struct state_desc;
 
 /* Stream tables: section "vcpu/N" and sections "irqchip", "pit", "clock". */
@@ -53,8 +53,8 @@ extern const struct state_desc clock_state_desc;
 
 /* Indices of the MSRs that can be read on this host (KVM_GET_MSR_INDEX_LIST
  * filtered by a probe read), computed once per VM. */
-int vcpu_msr_list_probe(struct vm *vm, int vcpu_fd, uint32_t **out, uint32_t *nr);
-/* The same into vm->msr_indices, once (safe from every vCPU thread at once). */
+int vcpu_msr_list_probe(struct vcpus *vs, int vcpu_fd, uint32_t **out, uint32_t *nr);
+/* The same into vs->msr_indices, once (safe from every vCPU thread at once). */
 int vcpu_msr_list_ensure(struct vcpu *v);
 
 int vcpu_state_save(struct vcpu *v, struct vcpu_state *s);
@@ -145,7 +145,7 @@ int vcpu_early_decode_all(const void *buf, size_t len, uint32_t vcpu_id, struct 
 int vcpu_state_apply_parked(struct vcpu *v, const struct vcpu_state *s, bool same_host);
 /* Reads a fresh vCPU's base (before its restore, off the critical path). */
 int vcpu_state_read_base(struct vcpu *v);
-int vm_kvm_state_save(struct vm *vm, struct vm_kvm_state *s);
-int vm_kvm_state_load(struct vm *vm, const struct vm_kvm_state *s, bool same_host);
+int vm_kvm_state_save(struct vcpus *vs, struct vm_kvm_state *s);
+int vm_kvm_state_load(struct vcpus *vs, const struct vm_kvm_state *s, bool same_host);
 
 #endif

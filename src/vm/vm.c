@@ -27,6 +27,8 @@
 #include "x86/cpuid.h"
 #include "x86/pvh.h"
 
+static void vm_guest_shutdown(struct vm *vm);
+
 static const char *const run_state_names[] = {
 	[RUN_STATE_PRELAUNCH] = "prelaunch",
 	[RUN_STATE_RUNNING] = "running",
@@ -118,8 +120,8 @@ static const struct pio_device {
 	{ "post", 0x80, 1, pio_ignore },
 };
 
-void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
-	    unsigned count)
+static void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
+		   unsigned count)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(devices); i++) {
 		const struct pio_device *d = &devices[i];
@@ -136,7 +138,7 @@ static void vm_set_irq(void *opaque, int irq, int level)
 	struct vm *vm = opaque;
 	struct kvm_irq_level l = { .irq = irq, .level = level };
 
-	if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0)
+	if (ioctl(vm->cpus.vm_fd, KVM_IRQ_LINE, &l) < 0)
 		pr_warn("KVM_IRQ_LINE %d: %s", irq, strerror(errno));
 }
 
@@ -151,14 +153,14 @@ static void vm_on_guest_shutdown(void *opaque)
 	loop_quit(vm->loop, 0);
 }
 
-void vm_guest_shutdown(struct vm *vm)
+static void vm_guest_shutdown(struct vm *vm)
 {
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
 	if (!vm->guest_event_posted) {
 		vm->guest_event_posted = true;
 		loop_call(vm->loop, vm_on_guest_shutdown, vm);
 	}
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->cpus.lock);
 }
 
 struct crash_report {
@@ -178,24 +180,24 @@ static void vm_on_guest_crash(void *opaque)
 	loop_quit(vm->loop, 1);
 }
 
-void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
+static void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
 {
 	struct crash_report *c = calloc(1, sizeof(*c));
 	char regs[480];
 
 	if (!c)
 		return;
-	vcpu_describe(&vm->vcpus[vcpu_id], regs, sizeof(regs));
+	vcpu_describe(&vm->cpus.vcpus[vcpu_id], regs, sizeof(regs));
 	snprintf(c->msg, sizeof(c->msg), "%s; %s", why, regs);
 	c->vm = vm;
-	pthread_mutex_lock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
 	if (vm->guest_event_posted) {
-		pthread_mutex_unlock(&vm->lock);
+		pthread_mutex_unlock(&vm->cpus.lock);
 		free(c);
 		return;
 	}
 	vm->guest_event_posted = true;
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->cpus.lock);
 	loop_call(vm->loop, vm_on_guest_crash, c);
 }
 
@@ -213,20 +215,49 @@ static void vm_note_stopped(struct vm *vm)
 {
 	uint64_t none = 0;
 
-	__atomic_compare_exchange_n(&vm->stopped_ns, &none, mono_ns(), false, __ATOMIC_SEQ_CST,
+	__atomic_compare_exchange_n(&vm->cpus.stopped_ns, &none, mono_ns(), false, __ATOMIC_SEQ_CST,
 				    __ATOMIC_SEQ_CST);
 }
 
-void vm_kick_rest(struct vm *vm)
+static void vm_kick_rest(struct vm *vm)
 {
 	vm_note_stopped(vm);
-	for (int i = 0; i < vm->nr_vcpus; i++) {
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
 		if (i == 1 && late_kick())
 			usleep(3000);
-		if (!__atomic_load_n(&vm->vcpus[i].out, __ATOMIC_SEQ_CST))
-			vcpu_kick(&vm->vcpus[i]);
+		if (!__atomic_load_n(&vm->cpus.vcpus[i].out, __ATOMIC_SEQ_CST))
+			vcpu_kick(&vm->cpus.vcpus[i]);
 	}
 }
+
+/* What the vCPUs ask of this VM (struct vcpu_ops). */
+static void ops_pio(struct vcpus *vs, uint16_t port, bool write, uint8_t *data, unsigned size,
+		    unsigned count)
+{
+	vm_pio(vm_of(vs), port, write, data, size, count);
+}
+
+static void ops_shutdown(struct vcpus *vs)
+{
+	vm_guest_shutdown(vm_of(vs));
+}
+
+static void ops_crashed(struct vcpus *vs, int vcpu_id, const char *why)
+{
+	vm_guest_crashed(vm_of(vs), vcpu_id, why);
+}
+
+static void ops_kick_rest(struct vcpus *vs)
+{
+	vm_kick_rest(vm_of(vs));
+}
+
+static const struct vcpu_ops vm_vcpu_ops = {
+	.pio = ops_pio,
+	.shutdown = ops_shutdown,
+	.crashed = ops_crashed,
+	.kick_rest = ops_kick_rest,
+};
 
 /* Stop at an exit (vm_pause_quiet): until the first vCPU leaves the guest
  * by itself or wait_us pass, whichever comes first. A vCPU whose task
@@ -238,51 +269,51 @@ static void vm_wait_exit(struct vm *vm, unsigned wait_us)
 	const struct timespec nap = { .tv_nsec = 30 * 1000 };
 	uint64_t end = mono_ns() + (uint64_t)wait_us * 1000;
 
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
+		struct vcpu *v = &vm->cpus.vcpus[i];
 
 		if (v->thread_started && task_asleep(vcpu_run_tid(v)))
 			vcpu_kick(v);
 	}
-	while (!__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) && mono_ns() < end)
+	while (!__atomic_load_n(&vm->cpus.nr_out, __ATOMIC_ACQUIRE) && mono_ns() < end)
 		nanosleep(&nap, NULL);
-	trace_mark(__atomic_load_n(&vm->nr_out, __ATOMIC_ACQUIRE) ? "exited" : "no-exit");
+	trace_mark(__atomic_load_n(&vm->cpus.nr_out, __ATOMIC_ACQUIRE) ? "exited" : "no-exit");
 }
 
 static void vm_park_all(struct vm *vm, unsigned wait_us)
 {
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->stopped_ns, 0, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&vm->kick_rest, wait_us > 0, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
+	__atomic_store_n(&vm->cpus.stopped_ns, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vm->cpus.kick_rest, wait_us > 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vm->cpus.pause_req, true, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&vm->cpus.lock);
 	if (wait_us)
 		vm_wait_exit(vm, wait_us);
 	/* Whoever has not left the guest yet is kicked (a signal: it leaves
 	 * within ~0.1 ms here). With a wait, the first vCPU out kicks the
 	 * others itself (vcpu_park): this thread may not get its CPU back
 	 * at once. */
-	pthread_mutex_lock(&vm->lock);
-	if (!wait_us || __atomic_exchange_n(&vm->kick_rest, false, __ATOMIC_SEQ_CST))
+	pthread_mutex_lock(&vm->cpus.lock);
+	if (!wait_us || __atomic_exchange_n(&vm->cpus.kick_rest, false, __ATOMIC_SEQ_CST))
 		vm_kick_rest(vm);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->cpus.lock);
 	/* Then wait for that on the CPU, not asleep (being woken costs as
 	 * much again here). */
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		if (vm->vcpus[i].thread_started && !vm->vcpus[i].exited)
-			spin_until(&vm->vcpus[i].parked, true, 2000);
-	pthread_mutex_lock(&vm->lock);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		if (vm->cpus.vcpus[i].thread_started && !vm->cpus.vcpus[i].exited)
+			spin_until(&vm->cpus.vcpus[i].parked, true, 2000);
+	pthread_mutex_lock(&vm->cpus.lock);
 	for (;;) {
 		int live = 0;
-		for (int i = 0; i < vm->nr_vcpus; i++)
-			if (vm->vcpus[i].thread_started && !vm->vcpus[i].exited &&
-			    !vm->vcpus[i].parked)
+		for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+			if (vm->cpus.vcpus[i].thread_started && !vm->cpus.vcpus[i].exited &&
+			    !vm->cpus.vcpus[i].parked)
 				live++;
 		if (!live)
 			break;
-		pthread_cond_wait(&vm->cond, &vm->lock);
+		pthread_cond_wait(&vm->cpus.cond, &vm->cpus.lock);
 	}
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_unlock(&vm->cpus.lock);
 }
 
 int vm_pause_quiet(struct vm *vm, unsigned wait_us)
@@ -319,12 +350,12 @@ int vm_resume_quiet(struct vm *vm)
 		return 0;
 	if (vm->state == RUN_STATE_SHUTDOWN || vm->state == RUN_STATE_INTERNAL_ERROR)
 		return -EINVAL;
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->pause_req, false, __ATOMIC_RELEASE);
-	vm->resume_soon = false;
-	__atomic_store_n(&vm->waker_cpu, -1, __ATOMIC_RELEASE);
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
+	__atomic_store_n(&vm->cpus.pause_req, false, __ATOMIC_RELEASE);
+	vm->cpus.resume_soon = false;
+	__atomic_store_n(&vm->cpus.waker_cpu, -1, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&vm->cpus.cond);
+	pthread_mutex_unlock(&vm->cpus.lock);
 	vm->state = RUN_STATE_RUNNING;
 	vm->resume_event_owed = true;
 	return 0;
@@ -373,12 +404,12 @@ int vm_replace_ram(struct vm *vm, int fd, uint64_t off, uint64_t size, char *err
 	ret = mem_open_private(&mem, fd, off, size, err, errlen);
 	if (ret < 0)
 		return ret;
-	mem_unregister(&vm->mem, vm->vm_fd);
-	ret = mem_register(&mem, vm->vm_fd);
+	mem_unregister(&vm->mem, vm->cpus.vm_fd);
+	ret = mem_register(&mem, vm->cpus.vm_fd);
 	if (ret < 0) {
-		mem_unregister(&mem, vm->vm_fd);
+		mem_unregister(&mem, vm->cpus.vm_fd);
 		mem_close(&mem, false);
-		mem_register(&vm->mem, vm->vm_fd);
+		mem_register(&vm->mem, vm->cpus.vm_fd);
 		snprintf(err, errlen, "cannot register the snapshot's RAM: %s", strerror(-ret));
 		return ret;
 	}
@@ -392,8 +423,8 @@ int vm_start(struct vm *vm)
 	int ret;
 
 	vm->state = RUN_STATE_RUNNING;
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		ret = vcpu_start(&vm->vcpus[i]);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++) {
+		ret = vcpu_start(&vm->cpus.vcpus[i]);
 		if (ret < 0)
 			return ret;
 	}
@@ -402,11 +433,11 @@ int vm_start(struct vm *vm)
 
 void vm_resume_soon(struct vm *vm)
 {
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
-	__atomic_store_n(&vm->resume_soon, true, __ATOMIC_SEQ_CST);
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
+	__atomic_store_n(&vm->cpus.waker_cpu, sched_getcpu(), __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->cpus.resume_soon, true, __ATOMIC_SEQ_CST);
+	pthread_cond_broadcast(&vm->cpus.cond);
+	pthread_mutex_unlock(&vm->cpus.lock);
 }
 
 int vm_start_paused(struct vm *vm)
@@ -414,19 +445,19 @@ int vm_start_paused(struct vm *vm)
 	int ret;
 
 	/* The threads park before their first guest instruction. */
-	__atomic_store_n(&vm->pause_req, true, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vm->cpus.pause_req, true, __ATOMIC_SEQ_CST);
 	ret = vm_start(vm);
 	vm->state = RUN_STATE_PAUSED;
 	if (ret < 0)
 		return ret;
 	/* And have, when this returns: a thread still starting would compete
 	 * for the CPUs later, in a live update's blackout. */
-	pthread_mutex_lock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		while (vm->vcpus[i].thread_started && !vm->vcpus[i].parked &&
-		       !vm->vcpus[i].exited)
-			pthread_cond_wait(&vm->cond, &vm->lock);
-	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->cpus.lock);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		while (vm->cpus.vcpus[i].thread_started && !vm->cpus.vcpus[i].parked &&
+		       !vm->cpus.vcpus[i].exited)
+			pthread_cond_wait(&vm->cpus.cond, &vm->cpus.lock);
+	pthread_mutex_unlock(&vm->cpus.lock);
 	return 0;
 }
 
@@ -516,24 +547,24 @@ static int bg_job_finish(struct bg_job *j)
 
 static int vm_get_cpuid(struct vm *vm)
 {
-	return cpuid_get_supported(vm->kvm_fd, &vm->cpuid);
+	return cpuid_get_supported(vm->cpus.kvm_fd, &vm->cpus.cpuid);
 }
 
 /* /dev/kvm, and what cprvm cannot run without. */
 static int vm_open_kvm(struct vm *vm, char *err, size_t errlen)
 {
-	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (vm->kvm_fd < 0) {
+	vm->cpus.kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (vm->cpus.kvm_fd < 0) {
 		int ret = -errno;
 
 		no_kvm(err, errlen, ret);
 		return ret;
 	}
-	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+	if (ioctl(vm->cpus.kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
 		return set_err(err, errlen, -EINVAL, "unsupported KVM API version");
-	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
-	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_PIT2) <= 0 ||
-	    ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0)
+	if (ioctl(vm->cpus.kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP) <= 0 ||
+	    ioctl(vm->cpus.kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_PIT2) <= 0 ||
+	    ioctl(vm->cpus.kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0)
 		return set_err(err, errlen, -ENOTSUP,
 			       "KVM lacks the in-kernel irqchip, PIT or immediate_exit");
 	return 0;
@@ -579,23 +610,23 @@ static int vm_create_kvm_vm(struct vm *vm, const struct vm_build *b, char *err, 
 	uint64_t idmap = 0xfffbc000;
 	int ret;
 
-	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
-	if (vm->vm_fd < 0)
+	vm->cpus.vm_fd = ioctl(vm->cpus.kvm_fd, KVM_CREATE_VM, 0);
+	if (vm->cpus.vm_fd < 0)
 		return vm_fail(err, errlen, -errno, "KVM_CREATE_VM");
-	fcntl(vm->vm_fd, F_SETFD, FD_CLOEXEC);
-	ret = mem_register(&vm->mem, vm->vm_fd);
+	fcntl(vm->cpus.vm_fd, F_SETFD, FD_CLOEXEC);
+	ret = mem_register(&vm->mem, vm->cpus.vm_fd);
 	if (ret < 0)
 		return vm_fail(err, errlen, ret, "cannot register guest RAM with KVM");
 	/* Before the irqchip, where a memslot is cheap. Only an optimisation:
 	 * without it the first entry is slower, nothing else. */
 	if (b->warm_up && (ret = vm_warm_slot_add(vm)) < 0)
 		pr_debug("no warm-up slot: %s", strerror(-ret));
-	if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0)
+	if (ioctl(vm->cpus.vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL) < 0)
 		return vm_fail(err, errlen, -errno, "KVM_SET_TSS_ADDR");
-	ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap);
-	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+	ioctl(vm->cpus.vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap);
+	if (ioctl(vm->cpus.vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		return vm_fail(err, errlen, -errno, "KVM_CREATE_IRQCHIP");
-	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+	if (ioctl(vm->cpus.vm_fd, KVM_CREATE_PIT2, &pit) < 0)
 		return vm_fail(err, errlen, -errno, "KVM_CREATE_PIT2");
 	return 0;
 }
@@ -605,23 +636,23 @@ static int vm_create_vcpus(struct vm *vm, char *err, size_t errlen)
 {
 	int nr = vm->cfg.nr_cpus, ret, tsc;
 
-	vm->vcpus = calloc(nr, sizeof(*vm->vcpus));
-	if (!vm->vcpus)
+	vm->cpus.vcpus = calloc(nr, sizeof(*vm->cpus.vcpus));
+	if (!vm->cpus.vcpus)
 		return vm_fail(err, errlen, -ENOMEM, "cannot allocate vCPUs");
 	for (int i = 0; i < nr; i++)
-		vm->vcpus[i].fd = -1;
+		vm->cpus.vcpus[i].fd = -1;
 	for (int i = 0; i < nr; i++) {
-		struct vcpu *v = &vm->vcpus[i];
+		struct vcpu *v = &vm->cpus.vcpus[i];
 
-		ret = vcpu_init(v, vm, i);
-		vm->nr_vcpus = i + 1;
+		ret = vcpu_init(v, &vm->cpus, i);
+		vm->cpus.nr_vcpus = i + 1;
 		if (ret < 0)
 			return vm_fail(err, errlen, ret, "KVM_CREATE_VCPU");
 		if (i == 0) {
 			tsc = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
 			vm->tsc_khz = tsc > 0 ? tsc : 0;
 		}
-		ret = cpuid_setup_vcpu(v->fd, v->id, vm->cpuid, nr, vm->tsc_khz);
+		ret = cpuid_setup_vcpu(v->fd, v->id, vm->cpus.cpuid, nr, vm->tsc_khz);
 		if (ret < 0)
 			return vm_fail(err, errlen, ret, "KVM_SET_CPUID2");
 	}
@@ -637,11 +668,11 @@ static void vm_probe_state(struct vm *vm)
 	const int sync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
 	int n;
 
-	vm->have_sregs2 = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
-	n = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
-	vm->have_sync_regs = n > 0 && (n & sync) == sync;
-	n = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
-	vm->xsave_size = n > (int)sizeof(struct kvm_xsave) ? (uint32_t)n : sizeof(struct kvm_xsave);
+	vm->cpus.have_sregs2 = ioctl(vm->cpus.kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SREGS2) > 0;
+	n = ioctl(vm->cpus.kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+	vm->cpus.have_sync_regs = n > 0 && (n & sync) == sync;
+	n = ioctl(vm->cpus.vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	vm->cpus.xsave_size = n > (int)sizeof(struct kvm_xsave) ? (uint32_t)n : sizeof(struct kvm_xsave);
 }
 
 int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_build *b,
@@ -656,15 +687,16 @@ int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_buil
 		return vm_fail(err, errlen, -ENOMEM, "cannot allocate VM");
 	if (!b)
 		b = &boot;
+	vm->cpus.ops = &vm_vcpu_ops;
 	vm->cfg = *cfg;
 	vm->loop = loop;
-	vm->kvm_fd = vm->vm_fd = -1;
+	vm->cpus.kvm_fd = vm->cpus.vm_fd = -1;
 	vm->mem.fd = -1;
 	vm->state = RUN_STATE_PRELAUNCH;
 	vm->migration.stop_wait_us = MIGRATE_STOP_WAIT_US_DEFAULT;
-	pthread_mutex_init(&vm->lock, NULL);
-	pthread_cond_init(&vm->cond, NULL);
-	vm->waker_cpu = -1;
+	pthread_mutex_init(&vm->cpus.lock, NULL);
+	pthread_cond_init(&vm->cpus.cond, NULL);
+	vm->cpus.waker_cpu = -1;
 
 	ret = vm_open_kvm(vm, err, errlen);
 	if (ret < 0)
@@ -682,7 +714,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_buil
 	if (ret < 0)
 		goto out_free;
 	vm_probe_state(vm);
-	ret = b->restoring ? 0 : x86_setup_boot_vcpu(vm->vcpus[0].fd, vm->entry,
+	ret = b->restoring ? 0 : x86_setup_boot_vcpu(vm->cpus.vcpus[0].fd, vm->entry,
 						     PVH_START_INFO_GPA);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
@@ -708,27 +740,27 @@ void vm_destroy(struct vm *vm)
 {
 	if (!vm)
 		return;
-	pthread_mutex_lock(&vm->lock);
-	__atomic_store_n(&vm->stop_req, true, __ATOMIC_RELEASE);
-	pthread_cond_broadcast(&vm->cond);
-	pthread_mutex_unlock(&vm->lock);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vcpu_kick(&vm->vcpus[i]);
-	for (int i = 0; i < vm->nr_vcpus; i++)
-		vcpu_destroy(&vm->vcpus[i]);
-	free(vm->vcpus);
+	pthread_mutex_lock(&vm->cpus.lock);
+	__atomic_store_n(&vm->cpus.stop_req, true, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&vm->cpus.cond);
+	pthread_mutex_unlock(&vm->cpus.lock);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		vcpu_kick(&vm->cpus.vcpus[i]);
+	for (int i = 0; i < vm->cpus.nr_vcpus; i++)
+		vcpu_destroy(&vm->cpus.vcpus[i]);
+	free(vm->cpus.vcpus);
 	serial_free(vm->serial);
 	chardev_close(vm->serial_chr);
-	if (vm->vm_fd >= 0)
-		close(vm->vm_fd);
-	vm->vm_fd = -1;
+	if (vm->cpus.vm_fd >= 0)
+		close(vm->cpus.vm_fd);
+	vm->cpus.vm_fd = -1;
 	vm_warm_slot_remove(vm); /* its pages, if the VM never got that far */
-	if (vm->kvm_fd >= 0)
-		close(vm->kvm_fd);
+	if (vm->cpus.kvm_fd >= 0)
+		close(vm->cpus.kvm_fd);
 	mem_close(&vm->mem, false);
-	free(vm->cpuid);
-	free(vm->msr_indices);
-	pthread_mutex_destroy(&vm->lock);
-	pthread_cond_destroy(&vm->cond);
+	free(vm->cpus.cpuid);
+	free(vm->cpus.msr_indices);
+	pthread_mutex_destroy(&vm->cpus.lock);
+	pthread_cond_destroy(&vm->cpus.cond);
 	free(vm);
 }

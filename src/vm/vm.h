@@ -58,10 +58,6 @@ struct chardev_handover;
 int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen);
 /* Starts the vCPU threads; the guest runs. */
 int vm_start(struct vm *vm);
-/* Tearing down a big address space and VM takes a while (~0.7 s at
- * 16 GiB): after a live update, the old side's tasks do it at SCHED_IDLE,
- * not to steal the guest's CPU (vcpu.c). */
-void sched_idle_self(void);
 /* As vm_start, but the vCPUs park at once: state paused until vm_resume. */
 int vm_start_paused(struct vm *vm);
 /* vm_resume follows within about a millisecond (live update: the state is

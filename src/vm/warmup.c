@@ -77,7 +77,7 @@ int vm_warm_slot_add(struct vm *vm)
 		.memory_size = WARM_SIZE,
 		.userspace_addr = (uintptr_t)page,
 	};
-	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+	if (ioctl(vm->cpus.vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
 		int ret = -errno;
 
 		munmap(page, WARM_SIZE);
@@ -98,7 +98,7 @@ int vm_warm_slot_remove(struct vm *vm)
 	if (!vm->warm_page)
 		return 0;
 	/* A slot is deleted by giving it size 0. */
-	if (vm->vm_fd >= 0 && ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+	if (vm->cpus.vm_fd >= 0 && ioctl(vm->cpus.vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
 		return -errno;
 	munmap(vm->warm_page, WARM_SIZE);
 	vm->warm_page = NULL;
@@ -115,7 +115,7 @@ static void warm_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool cod
 
 int vcpu_warm_up(struct vcpu *v)
 {
-	struct vm *vm = v->vm;
+	struct vm *vm = vm_of(v->vs);
 	struct kvm_mp_state mp;
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = { .rip = WARM_CODE_VA, .rflags = 0x2 };
