@@ -160,7 +160,7 @@ static int xout_prepare(struct xout *x)
 /* Phase 1's registry: the fds (each entry's "fd" is its index in the
  * message's SCM_RIGHTS array), what this side can send, and the tasks that
  * run the vCPUs, for the new side's placement. */
-static int xout_registry(struct xout *x, int *fds, int *nfds)
+static void xout_registry(struct xout *x, int *fds, int *nfds)
 {
 	struct cpr_fd_source src[CPR_FD_SOURCES_MAX];
 	struct vm *vm = x->vm;
@@ -189,7 +189,6 @@ static int xout_registry(struct xout *x, int *fds, int *nfds)
 		cs->run_tid[i] = (uint32_t)vcpu_run_tid(&vm->cpus.vcpus[i]);
 		cs->run_tid_len += sizeof(cs->run_tid[0]);
 	}
-	return 0;
 }
 
 /* Phase 1, the guest still running: the fds and the machine, for the new

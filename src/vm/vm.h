@@ -73,7 +73,7 @@ int vm_pause(struct vm *vm);
  * guest by itself within wait_us (an I/O exit), and only the others are
  * kicked; a kick costs 50-150 us on this host, on top of the guest's own
  * exit. The stop's moment (the first vCPU out, or the kick) is noted for
- * the blackout's figures (vm_priv.h, stopped_ns). */
+ * the blackout's figures (vcpu/vcpu.h, stopped_ns). */
 int vm_pause_quiet(struct vm *vm, unsigned wait_us);
 void vm_emit_stop(struct vm *vm);
 /* Lets them run again. Emits RESUME. */
