@@ -14,6 +14,13 @@
 #define LAPIC_ICR_HI 0x310
 #define ICR_INIT 0x00004500   /* INIT, level assert */
 #define ICR_STARTUP 0x00004600 /* start-up, vector = page number */
+/*
+ * How long an AP may take to start, as Linux allows (10 s). A host that is
+ * busy, nested or sanitised can leave a vCPU thread unscheduled for over a
+ * second; an AP that starts after we gave up would run as a CPU we called
+ * absent.
+ */
+#define AP_START_MS 10000
 
 static void lapic_write(u32 reg, u32 v)
 {
@@ -78,14 +85,14 @@ u32 smp_start_aps(char *errs, size_t size)
 		lapic_ipi(apic, ICR_STARTUP | (u32)(tramp >> 12));
 		if (!wait_flag(&ap_alive, 10)) {
 			lapic_ipi(apic, ICR_STARTUP | (u32)(tramp >> 12));
-			if (!wait_flag(&ap_alive, 1000)) {
+			if (!wait_flag(&ap_alive, AP_START_MS)) {
 				elen += (size_t)fmt(errs + elen, elen < size ? size - elen : 0,
 						    "%scpu %u (apic %u) did not start", elen ? "; " : "",
 						    i, apic);
 				continue;
 			}
 		}
-		if (wait_flag(&pcpus[i].online, 1000))
+		if (wait_flag(&pcpus[i].online, AP_START_MS))
 			online++;
 	}
 	return online;

@@ -102,6 +102,13 @@ class LineReader:
         with self.cond:
             return [(t, rx.search(l)) for t, l in self.lines if rx.search(l)]
 
+    def errors(self, regex=r"^(BAD|FAIL|PANIC|ERR)"):
+        """The lines a guest prints when something went wrong, whole, so that
+        a failed assertion shows them."""
+        rx = re.compile(regex)
+        with self.cond:
+            return [l for _, l in self.lines if rx.search(l)]
+
     def count(self):
         with self.cond:
             return len(self.lines)

@@ -35,7 +35,7 @@ def test_guest_under_qemu(tmp_path, smp):
         r.wait(r"^HB \d+$", timeout=30, start=i + 30)
         for cpu in range(smp):
             r.wait(r"^OK 1 cpu=%d$" % cpu, timeout=30)
-        assert not r.matching(r"^(BAD|PANIC|ERR)")
+        assert not r.errors(r"^(BAD|PANIC|ERR)")
         assert_hb_continuous(heartbeats(r))
         s.close()
     finally:
