@@ -97,6 +97,19 @@ class LineReader:
                                          % (regex, timeout, tail))
                 self.cond.wait(left)
 
+    def all_bytes(self, timeout=10.0):
+        """Every byte, once the writer has closed its end: what a console
+        client has seen by the time the VMM is gone."""
+        timeout *= PATIENCE
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not self.eof:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("console not closed within %.1fs" % timeout)
+                self.cond.wait(left)
+            return bytes(self.raw)
+
     def matching(self, regex):
         rx = re.compile(regex)
         with self.cond:

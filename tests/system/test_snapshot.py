@@ -67,8 +67,8 @@ def test_save_restore_continues(vms, tmp_path, cpus, mode):
     snap = tmp_path / "snap"
     vm = boot(vms, cpus, mem_path=ram)
     save(vm, snap, bypass=(mode == "bypass"))
-    before = bytes(vm.serial.raw)
     assert vm.quit() == 0
+    before = vm.serial.all_bytes()  # paused: every line it printed
     size = os.stat(snap).st_size
     if mode == "bypass":
         assert size < 1 << 20, "bypass snapshot carries RAM (%d bytes)" % size
@@ -85,8 +85,8 @@ def test_restore_same_snapshot_five_times(vms, tmp_path):
     snap = tmp_path / "snap"
     vm = boot(vms)
     save(vm, snap)
-    before = bytes(vm.serial.raw)
-    vm.quit()
+    assert vm.quit() == 0
+    before = vm.serial.all_bytes()  # paused: every line it printed
     image = snap.read_bytes()
     for _ in range(5):
         r = restore(vms, snap, memory="512M")
@@ -105,8 +105,8 @@ def test_save_cont_save_again(vms, tmp_path):
     n = vm.serial.count()
     vm.serial.wait(r"^HB \d+$", start=n + 5)
     save(vm, tmp_path / "s2")
-    before = bytes(vm.serial.raw)
-    vm.quit()
+    assert vm.quit() == 0
+    before = vm.serial.all_bytes()  # paused: every line it printed
     r = restore(vms, tmp_path / "s2", memory="512M")
     assert_guest_healthy(r, 1)
     assert_continues(before, r.serial.raw)
@@ -277,8 +277,8 @@ def test_incoming_defer(vms, tmp_path, mode):
     ram = str(tmp_path / "guest.ram") if mode == "bypass" else None
     vm = boot(vms, 1, mem_path=ram)
     save(vm, tmp_path / "snap", bypass=(mode == "bypass"))
-    before = bytes(vm.serial.raw)
-    vm.quit()
+    assert vm.quit() == 0
+    before = vm.serial.all_bytes()  # paused: every line it printed
     vm2 = vms(cmdline=CMDLINE, memory="512M", serial="stdio", mem_path=ram,
               extra=["--incoming", "defer"])
     q = vm2.qmp()
