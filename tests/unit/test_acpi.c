@@ -1,6 +1,8 @@
 /* test_acpi.c — the ACPI tables acpi_build writes (x86/acpi.h), read back
  * the way a guest does: from the RSDP through the XSDT to each table, every
- * length and checksum verified, every pointer resolved in guest RAM. */
+ * length and checksum verified, every pointer resolved in guest RAM. The
+ * DSDT's AML is compared byte for byte here; tests/host/test_aml.py checks
+ * the same bytes against iasl. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -181,15 +183,72 @@ static void fadt_points_to_dsdt_and_pm(void **state)
 	assert_int_equal(fadt[172], 1);
 }
 
+/* RESET_REG: an 8-bit system I/O register at bit 0, byte access (Linux
+ * refuses any other width or offset), valid by RESET_REG_SUP. */
+static void fadt_reset_register(void **state)
+{
+	const uint8_t *fadt;
+	uint32_t len;
+
+	(void)state;
+	fadt = find(build(1), "FACP", 276, &len);
+	assert_true(get32(fadt + 112) & (1 << 10)); /* RESET_REG_SUP */
+	assert_int_equal(fadt[116], 1);		     /* system I/O */
+	assert_int_equal(fadt[117], 8);		     /* bit width */
+	assert_int_equal(fadt[118], 0);		     /* bit offset */
+	assert_int_equal(fadt[119], 1);		     /* byte access */
+	assert_int_equal(get64(fadt + 120), CPRVM_RESET_PORT);
+	assert_int_equal(get64(fadt + 120), 0xcf9);
+	assert_int_equal(fadt[128], CPRVM_RESET_VALUE);
+	assert_int_equal(fadt[128], 0x06);
+}
+
+/* The DSDT's AML is Name (\_S5, Package (0x04) { Zero, Zero, Zero, Zero }). */
+static void dsdt_has_s5(void **state)
+{
+	static const uint8_t s5[] = { 0x08, '_', 'S', '5', '_', 0x12, 0x06, 0x04, 0, 0, 0, 0 };
+	const uint8_t *fadt, *dsdt;
+	uint32_t len;
+
+	(void)state;
+	fadt = find(build(1), "FACP", 276, &len);
+	dsdt = table(get64(fadt + 140), "DSDT", 36, &len);
+	assert_int_equal(dsdt[8], 2); /* revision 2: 64-bit integers */
+	assert_int_equal(len, 36 + sizeof(s5));
+	assert_memory_equal(dsdt + 36, s5, sizeof(s5));
+}
+
+/* Local APICs, the IOAPIC, two overrides. */
+#define MADT_LEN(n) (44 + (n) * 8 + 12 + 2 * 10)
+
+/* The overrides QEMU's pc has: the PIT's IRQ0 on GSI 2 with the bus's
+ * defaults, and the SCI (IRQ 9) on GSI 9, active high and level-triggered. */
+static void check_iso(uint8_t irq, uint32_t gsi, uint16_t flags)
+{
+	switch (irq) {
+	case 0:
+		assert_int_equal(gsi, 2);
+		assert_int_equal(flags, 0);
+		break;
+	case 9:
+		assert_int_equal(gsi, 9);
+		assert_int_equal(flags, 0x000d);
+		break;
+	default:
+		fail_msg("override for ISA IRQ %u", irq);
+	}
+}
+
 /* Walks the MADT's entries; checks lengths and the local APIC list. */
 static void check_madt(int nr_cpus)
 {
 	bool seen[256] = { false };
 	const uint8_t *madt;
 	uint32_t len, off;
-	int lapics = 0, ioapics = 0, ioapic_id = -1;
+	int lapics = 0, ioapics = 0, ioapic_id = -1, isos = 0;
 
 	madt = find(build(nr_cpus), "APIC", 44, &len);
+	assert_int_equal(len, MADT_LEN(nr_cpus));
 	assert_int_equal(get32(madt + 36), 0xfee00000);
 	for (off = 44; off < len; off += madt[off + 1]) {
 		const uint8_t *e = madt + off;
@@ -217,6 +276,9 @@ static void check_madt(int nr_cpus)
 			break;
 		case 2: /* Interrupt Source Override */
 			assert_int_equal(e[1], 10);
+			assert_int_equal(e[2], 0); /* ISA */
+			check_iso(e[3], get32(e + 4), get16(e + 8));
+			isos++;
 			break;
 		default:
 			fail_msg("unexpected MADT entry type %u", e[0]);
@@ -225,6 +287,7 @@ static void check_madt(int nr_cpus)
 	assert_int_equal(off, len); /* the last entry ends at the table's end */
 	assert_int_equal(lapics, nr_cpus);
 	assert_int_equal(ioapics, 1);
+	assert_int_equal(isos, 2);
 	if (ioapic_id < 256)
 		assert_false(ioapic_id < nr_cpus && seen[ioapic_id]);
 }
@@ -257,7 +320,7 @@ static void rebuild_shrinks(void **state)
 	build(CPRVM_MAX_CPUS);
 	check_madt(3);
 	madt = find(ACPI_BASE_GPA, "APIC", 44, &len);
-	for (uint32_t i = len; i < 44 + CPRVM_MAX_CPUS * 8 + 22; i++)
+	for (uint32_t i = len; i < MADT_LEN(CPRVM_MAX_CPUS); i++)
 		if (madt[i])
 			fail_msg("stale MADT byte at +%u", i);
 }
@@ -302,6 +365,8 @@ int main(void)
 		T(rsdp_is_valid),
 		T(xsdt_lists_fadt_and_madt),
 		T(fadt_points_to_dsdt_and_pm),
+		T(fadt_reset_register),
+		T(dsdt_has_s5),
 		T(madt_one_cpu),
 		T(madt_two_cpus),
 		T(madt_max_cpus),
