@@ -108,6 +108,12 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(filter-out $(BUILD)/src/main.o,
 unit: $(UNIT_BINS)
 	$(Q)set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
+# Our AML for each case tests/host/test_aml.py compiles with iasl.
+AML_CASES := $(BUILD)/tests/aml-cases
+$(AML_CASES): $(BUILD)/tests/host/aml_cases.o $(CORE_OBJS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_JSON) $(LDLIBS)
+
 # Whatever needs a VM runs through scripts/with-kvm: directly where /dev/kvm
 # works, else in an emulated L1 with KVM (CPRVM_PLATFORM=nested forces that).
 WITH_KVM := scripts/with-kvm
@@ -122,8 +128,9 @@ system: all $(BUILD)/cprvm-next
 		$(if $(filter 1,$(SANITIZE)),CPRVM_ECHO_BYTES=131072 CPRVM_SOAK_UPDATES=40 CPRVM_PATIENCE=2) \
 		$(PYTEST) tests/system $(PYTEST_ARGS)
 
-# The platform script itself, on this host: exit status, clean-up, messages.
-host: all
+# The platform script itself, on this host: exit status, clean-up, messages;
+# and our AML against iasl's.
+host: all $(AML_CASES)
 	$(Q)CPRVM_BUILD=$(BUILD) $(PYTEST) tests/host
 
 # Includes go one way: lib/state/mem, x86/dev, vcpu, vm, cpr, qmp, main. An

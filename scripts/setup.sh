@@ -2,7 +2,8 @@
 # Installs what cprvm's build, tests and benchmarks need from Debian, only when
 # something is missing, and on a host without usable KVM builds the L1 that
 # scripts/with-kvm boots (Debian's kernel and busybox-static, cached in
-# build/l1). Run by the Makefile; safe to run by hand.
+# build/l1). Run by the Makefile; safe to run by hand. iasl (acpica-tools) is
+# for tests/host/test_aml.py, which compares our AML with what it compiles.
 set -e
 need=""
 have_hdr() { [ -e "/usr/include/$1" ]; }
@@ -16,6 +17,7 @@ command -v clang >/dev/null 2>&1 || need="$need clang"
 have_pkg libclang-rt-14-dev || need="$need libclang-rt-14-dev"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 have_pkg busybox-static || need="$need busybox-static"
+command -v iasl >/dev/null 2>&1 || need="$need acpica-tools"
 
 if [ -n "$need" ]; then
 	echo "setup: installing from Debian:$need"
