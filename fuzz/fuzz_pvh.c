@@ -102,7 +102,7 @@ static void seed_write(const char *dir)
 		FILE *f;
 
 		/* A seed that does not load would only teach the fuzzer refusals. */
-		if (pvh_load_elf(&ram, b, n, &entry, err, sizeof(err)))
+		if (pvh_load_elf(&ram, b, n, &entry, NULL, err, sizeof(err)))
 			fuzz_die("seed does not load", err);
 		snprintf(path, sizeof(path), "%s/%s", dir, seeds[i].name);
 		f = fopen(path, "wb");
@@ -125,7 +125,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char err[256] = "";
 	uint32_t entry = 0;
-	int ret = pvh_load_elf(&ram, data, size, &entry, err, sizeof(err));
+	int ret = pvh_load_elf(&ram, data, size, &entry, NULL, err, sizeof(err));
 
 	if (ret < 0) {
 		if (!err[0])

@@ -13,5 +13,6 @@
 #define PM1_CNT_SLP_EN (1 << 13)
 #define CPRVM_RESET_PORT 0xcf9
 #define CPRVM_RESET_VALUE 0x06
+#define CPRVM_RESET_CPU 0x04 /* RST_CPU: the bit that starts a reset */
 
 #endif

@@ -1,5 +1,5 @@
 /* vm.c — struct vm: building the VM, its run states, pausing and resuming
- * every vCPU, the port-I/O device table, and guest shutdown/crash.
+ * every vCPU. The devices and the guest's own ends are in devices.c.
  *
  * Build order (vm_create) follows what KVM makes cheap (MEASURED.md): memslots
  * before KVM_CREATE_IRQCHIP (a memslot added after it costs ~6.5 ms more), then
@@ -15,19 +15,15 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "dev/pm.h"
 #include "lib/clock.h"
 #include "lib/fault.h"
 #include "lib/log.h"
 #include "lib/trace.h"
 #include "vcpu/vcpu_state.h"
 #include "vm/vm_priv.h"
-#include "x86/acpi.h"
 #include "x86/boot.h"
 #include "x86/cpuid.h"
-#include "x86/pvh.h"
-
-static void vm_guest_shutdown(struct vm *vm);
+#include "x86/loader.h"
 
 static const char *const run_state_names[] = {
 	[RUN_STATE_PRELAUNCH] = "prelaunch",
@@ -61,144 +57,6 @@ void vm_emit(struct vm *vm, const char *event, const char *data_json)
 {
 	if (vm->event_fn)
 		vm->event_fn(vm->event_opaque, event, data_json);
-}
-
-/* --- devices ------------------------------------------------------------- */
-
-static void pio_serial(struct vm *vm, uint16_t off, bool write, uint8_t *data, unsigned size,
-		       unsigned count)
-{
-	if (size != 1) { /* the UART has byte registers only */
-		if (!write)
-			memset(data, 0xff, (size_t)size * count);
-		return;
-	}
-	if (write) {
-		for (unsigned i = 0; i < count; i++)
-			serial_write(vm->serial, off, data[i]);
-	} else {
-		serial_read_many(vm->serial, off, data, count);
-	}
-}
-
-static void pio_pm(struct vm *vm, uint16_t off, bool write, uint8_t *data, unsigned size,
-		   unsigned count)
-{
-	if (!write) {
-		memset(data, 0, (size_t)size * count);
-		return;
-	}
-	/* PM1a_CNT: SLP_EN requests the sleep state in SLP_TYP; the only one
-	 * we offer is S5, power off. */
-	if (off == 4 && size >= 2) {
-		uint16_t v;
-		memcpy(&v, data, 2);
-		if (v & PM1_CNT_SLP_EN)
-			vm_guest_shutdown(vm);
-	}
-}
-
-static void pio_ignore(struct vm *vm, uint16_t off, bool write, uint8_t *data, unsigned size,
-		       unsigned count)
-{
-	(void)vm;
-	(void)off;
-	if (!write)
-		memset(data, 0xff, (size_t)size * count);
-}
-
-/* Every device, in one place: port-I/O dispatch walks this table, and so
- * will save and load, in this order. */
-static const struct pio_device {
-	const char *name;
-	uint16_t base, len;
-	void (*io)(struct vm *vm, uint16_t off, bool write, uint8_t *data, unsigned size,
-		   unsigned count);
-} devices[] = {
-	{ "serial/0", 0x3f8, 8, pio_serial },
-	{ "pm", CPRVM_PM_BASE, CPRVM_PM_LEN, pio_pm },
-	{ "post", 0x80, 1, pio_ignore },
-};
-
-static void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
-		   unsigned count)
-{
-	for (size_t i = 0; i < ARRAY_SIZE(devices); i++) {
-		const struct pio_device *d = &devices[i];
-		if (port >= d->base && port < d->base + d->len) {
-			d->io(vm, port - d->base, write, data, size, count);
-			return;
-		}
-	}
-	pio_ignore(vm, 0, write, data, size, count);
-}
-
-static void vm_set_irq(void *opaque, int irq, int level)
-{
-	struct vm *vm = opaque;
-	struct kvm_irq_level l = { .irq = irq, .level = level };
-
-	if (ioctl(vm->cpus.vm_fd, KVM_IRQ_LINE, &l) < 0)
-		pr_warn("KVM_IRQ_LINE %d: %s", irq, strerror(errno));
-}
-
-/* --- guest-initiated end ------------------------------------------------- */
-
-static void vm_on_guest_shutdown(void *opaque)
-{
-	struct vm *vm = opaque;
-
-	vm->state = RUN_STATE_SHUTDOWN;
-	vm_emit(vm, "SHUTDOWN", "{\"guest\": true, \"reason\": \"guest-shutdown\"}");
-	loop_quit(vm->loop, 0);
-}
-
-static void vm_guest_shutdown(struct vm *vm)
-{
-	pthread_mutex_lock(&vm->cpus.lock);
-	if (!vm->guest_event_posted) {
-		vm->guest_event_posted = true;
-		loop_call(vm->loop, vm_on_guest_shutdown, vm);
-	}
-	pthread_mutex_unlock(&vm->cpus.lock);
-}
-
-struct crash_report {
-	struct vm *vm;
-	char msg[640];
-};
-
-static void vm_on_guest_crash(void *opaque)
-{
-	struct crash_report *c = opaque;
-	struct vm *vm = c->vm;
-
-	pr_err("guest crashed: %s", c->msg);
-	vm->state = RUN_STATE_INTERNAL_ERROR;
-	vm_emit(vm, "SHUTDOWN", "{\"guest\": true, \"reason\": \"guest-panic\"}");
-	free(c);
-	loop_quit(vm->loop, 1);
-}
-
-static void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why)
-{
-	struct crash_report *c = calloc(1, sizeof(*c));
-	char regs[480];
-
-	if (!c)
-		return;
-	vcpu_describe(&vm->cpus.vcpus[vcpu_id], regs, sizeof(regs));
-	snprintf(c->msg, sizeof(c->msg), "%s; %s", why, regs);
-	c->vm = vm;
-	pthread_mutex_lock(&vm->cpus.lock);
-	if (vm->guest_event_posted) {
-		pthread_mutex_unlock(&vm->cpus.lock);
-		free(c);
-		return;
-	}
-	vm->guest_event_posted = true;
-	pthread_mutex_unlock(&vm->cpus.lock);
-	loop_call(vm->loop, vm_on_guest_crash, c);
 }
 
 /* --- run control --------------------------------------------------------- */
@@ -483,13 +341,6 @@ static void no_kvm(char *err, size_t errlen, int ret)
 		snprintf(err, errlen, "cannot open /dev/kvm: %s", strerror(-ret));
 }
 
-static int vm_load_initrd(struct vm *vm, char *err, size_t errlen)
-{
-	(void)vm;
-	snprintf(err, errlen, "--initrd is not supported yet for PVH kernels");
-	return -ENOTSUP;
-}
-
 int vm_attach_serial(struct vm *vm, const struct chardev_handover *h, char *err, size_t errlen)
 {
 	int ret;
@@ -575,7 +426,10 @@ static int vm_open_kvm(struct vm *vm, char *err, size_t errlen)
 static int vm_setup_ram(struct vm *vm, const struct vm_build *b, char *err, size_t errlen)
 {
 	const struct vm_config *cfg = &vm->cfg;
-	uint64_t rsdp;
+	const struct x86_boot_spec spec = {
+		.kernel = cfg->kernel, .initrd = cfg->initrd, .cmdline = cfg->cmdline,
+		.nr_cpus = cfg->nr_cpus,
+	};
 	int ret;
 
 	if (b->ram_fd >= 0 && b->ram_shared)
@@ -586,18 +440,40 @@ static int vm_setup_ram(struct vm *vm, const struct vm_build *b, char *err, size
 		ret = mem_open(&vm->mem, cfg->mem_size, cfg->mem_path, !b->restoring, err, errlen);
 	if (ret < 0 || b->restoring)
 		return ret;
-	ret = pvh_load_kernel(&vm->mem, cfg->kernel, &vm->entry, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (cfg->initrd) {
-		ret = vm_load_initrd(vm, err, errlen);
-		if (ret < 0)
-			return ret;
+	return x86_boot_load(&vm->mem, &spec, &vm->entry, err, errlen);
+}
+
+/* Interrupt routing as the MADT describes it (acpi.c): ISA IRQs 0-15 go
+ * to the PICs and to the IOAPIC pin of the same number, except IRQ 0, the
+ * PIT, which the interrupt source override sends to pin 2. KVM's default
+ * sends it to pin 0, where Linux never looks: its timer interrupt would
+ * never arrive. GSI 2 (the PICs' cascade) has no source; GSIs 16-23 are
+ * the IOAPIC's other pins. The routing belongs to the VM fd, so a live
+ * update keeps it; a restore makes it anew here. */
+static int vm_route_irqs(struct vm *vm)
+{
+	struct {
+		struct kvm_irq_routing r;
+		struct kvm_irq_routing_entry e[40];
+	} t = { .r.nr = 0 };
+	struct kvm_irq_routing_entry *e = t.e;
+
+	for (uint32_t gsi = 0; gsi < 24; gsi++) {
+		if (gsi == 2)
+			continue;
+		if (gsi < 16)
+			*e++ = (struct kvm_irq_routing_entry){
+				.gsi = gsi, .type = KVM_IRQ_ROUTING_IRQCHIP,
+				.u.irqchip = { gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE,
+					       gsi & 7 },
+			};
+		*e++ = (struct kvm_irq_routing_entry){
+			.gsi = gsi, .type = KVM_IRQ_ROUTING_IRQCHIP,
+			.u.irqchip = { KVM_IRQCHIP_IOAPIC, gsi ? gsi : 2 },
+		};
 	}
-	rsdp = acpi_build(&vm->mem, cfg->nr_cpus);
-	if (!rsdp || pvh_setup_start_info(&vm->mem, cfg->cmdline, rsdp) < 0)
-		return vm_fail(err, errlen, -EINVAL, "cannot write boot information");
-	return 0;
+	t.r.nr = e - t.e;
+	return ioctl(vm->cpus.vm_fd, KVM_SET_GSI_ROUTING, &t) < 0 ? -errno : 0;
 }
 
 /* The KVM VM: memslots first, then the in-kernel devices. */
@@ -628,6 +504,8 @@ static int vm_create_kvm_vm(struct vm *vm, const struct vm_build *b, char *err, 
 		return vm_fail(err, errlen, -errno, "KVM_CREATE_IRQCHIP");
 	if (ioctl(vm->cpus.vm_fd, KVM_CREATE_PIT2, &pit) < 0)
 		return vm_fail(err, errlen, -errno, "KVM_CREATE_PIT2");
+	if ((ret = vm_route_irqs(vm)) < 0)
+		return vm_fail(err, errlen, ret, "KVM_SET_GSI_ROUTING");
 	return 0;
 }
 
@@ -714,8 +592,7 @@ int vm_create(struct vm **out, const struct vm_config *cfg, const struct vm_buil
 	if (ret < 0)
 		goto out_free;
 	vm_probe_state(vm);
-	ret = b->restoring ? 0 : x86_setup_boot_vcpu(vm->cpus.vcpus[0].fd, vm->entry,
-						     PVH_START_INFO_GPA);
+	ret = b->restoring ? 0 : x86_setup_boot_vcpu(vm->cpus.vcpus[0].fd, &vm->entry);
 	if (ret < 0) {
 		vm_fail(err, errlen, ret, "cannot set the boot vCPU's registers");
 		goto out_free;

@@ -16,6 +16,7 @@
 #include "vcpu/vcpu.h"
 #include "vm/migration.h"
 #include "vm/vm.h"
+#include "x86/loader.h"
 
 struct vm {
 	/* The vCPUs, KVM's fds and the run control (vcpu/vcpu.h); a vCPU's
@@ -24,7 +25,7 @@ struct vm {
 	struct vm_config cfg;
 	struct loop *loop;
 	struct guest_mem mem;
-	uint32_t entry;
+	struct x86_boot_entry entry; /* a fresh boot's, from the loader */
 	uint32_t tsc_khz;
 	/* The warm-up slot (warmup.c), while it exists. */
 	uint8_t *warm_page;
@@ -41,6 +42,14 @@ struct vm {
 	vm_event_fn event_fn;
 	void *event_opaque;
 };
+
+/* devices.c: a vCPU's port I/O; the serial port's interrupt line; the
+ * guest's power-off and crash (posted to the main loop, first one wins). */
+void vm_pio(struct vm *vm, uint16_t port, bool write, uint8_t *data, unsigned size,
+	    unsigned count);
+void vm_set_irq(void *opaque, int irq, int level);
+void vm_guest_shutdown(struct vm *vm);
+void vm_guest_crashed(struct vm *vm, int vcpu_id, const char *why);
 
 /* Sends an event to the sink (vm_set_event_sink), if there is one. */
 void vm_emit(struct vm *vm, const char *event, const char *data_json);

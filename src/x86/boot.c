@@ -14,7 +14,7 @@ static void flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 	};
 }
 
-int x86_setup_boot_vcpu(int vcpu_fd, uint32_t entry, uint32_t start_info)
+int x86_setup_boot_vcpu(int vcpu_fd, const struct x86_boot_entry *e)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = { 0 };
@@ -29,8 +29,9 @@ int x86_setup_boot_vcpu(int vcpu_fd, uint32_t entry, uint32_t start_info)
 	sregs.efer = 0;
 	if (ioctl(vcpu_fd, KVM_SET_SREGS, &sregs) < 0)
 		return -errno;
-	regs.rip = entry;
-	regs.rbx = start_info;
+	regs.rip = e->rip;
+	regs.rbx = e->rbx;
+	regs.rsi = e->rsi;
 	regs.rflags = 0x2;
 	if (ioctl(vcpu_fd, KVM_SET_REGS, &regs) < 0)
 		return -errno;

@@ -10,6 +10,20 @@
 
 #define CPUID_MAX_ENTRIES 256
 
+/* KVM emulates the LAPIC's TSC-deadline timer mode but leaves it out of
+ * KVM_GET_SUPPORTED_CPUID (it depends on the in-kernel LAPIC, which is the
+ * VMM's choice): the VMM sets CPUID.1:ECX[24] itself when the capability
+ * says so. Linux then runs its LAPIC timer in that mode, with nothing to
+ * calibrate. */
+static void cpuid_add_emulated(int kvm_fd, struct kvm_cpuid2 *c)
+{
+	if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) <= 0)
+		return;
+	for (unsigned i = 0; i < c->nent; i++)
+		if (c->entries[i].function == 1)
+			c->entries[i].ecx |= 1u << 24;
+}
+
 int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out)
 {
 	/* Room for every entry at the first call: a call that fails with
@@ -23,6 +37,7 @@ int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **out)
 			return -ENOMEM;
 		c->nent = n;
 		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			cpuid_add_emulated(kvm_fd, c);
 			*out = c;
 			return 0;
 		}

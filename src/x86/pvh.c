@@ -1,6 +1,7 @@
 /* pvh.c — loads a PVH kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)
  * into guest RAM and writes the hvm_start_info, memory map and command line
- * it boots with, at the addresses pvh.h fixes.
+ * it boots with, at the addresses pvh.h fixes. Reading the file is the
+ * loader's (loader.c).
  *
  * The ELF image is hostile input: every offset and size is checked against
  * the file and against guest RAM before anything is copied, so a refused
@@ -9,16 +10,12 @@
  * and the entry note), where the segments would land, then the copy. */
 #include <elf.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "x86/pvh.h"
 
@@ -108,8 +105,7 @@ static int pvh_check_header(struct elf_image *elf, char *err, size_t errlen)
 	size_t size = elf->size;
 
 	if (size >= 0x206 && !memcmp(img + 0x202, "HdrS", 4))
-		return pvh_err(err, errlen,
-			       "is a bzImage; only PVH ELF kernels (e.g. vmlinux) are supported so far");
+		return pvh_err(err, errlen, "is a bzImage, not an ELF");
 	if (size < EI_NIDENT || memcmp(img, ELFMAG, SELFMAG))
 		return pvh_err(err, errlen, "not an ELF file");
 	if (img[EI_DATA] != ELFDATA2LSB)
@@ -249,7 +245,7 @@ static void pvh_copy_segments(struct guest_mem *m, const uint8_t *img, const str
 }
 
 int pvh_load_elf(struct guest_mem *m, const void *image, size_t size, uint32_t *entry,
-		 char *err, size_t errlen)
+		 uint64_t *end, char *err, size_t errlen)
 {
 	struct elf_image elf = { .img = image, .size = size };
 	struct elf_segs segs = { .nload = 0 };
@@ -271,67 +267,30 @@ int pvh_load_elf(struct guest_mem *m, const void *image, size_t size, uint32_t *
 	/* Everything checked: now copy. */
 	pvh_copy_segments(m, elf.img, &segs);
 	*entry = (uint32_t)segs.entry;
+	if (end) {
+		*end = 0;
+		for (int i = 0; i < segs.nload; i++)
+			if (segs.load[i].memsz && segs.load[i].paddr + segs.load[i].memsz > *end)
+				*end = segs.load[i].paddr + segs.load[i].memsz;
+	}
 	return 0;
 }
 
-int pvh_load_kernel(struct guest_mem *m, const char *path, uint32_t *entry, char *err,
-		    size_t errlen)
-{
-	struct stat st;
-	void *img;
-	int fd, ret;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot open kernel '%s': %s", path, strerror(-ret));
-		return ret;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		snprintf(err, errlen, "kernel '%s' is not a regular file", path);
-		return -EINVAL;
-	}
-	if (st.st_size == 0) {
-		close(fd);
-		snprintf(err, errlen, "kernel '%s' is empty", path);
-		return -ENOEXEC;
-	}
-	img = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
-	if (img == MAP_FAILED) {
-		ret = -errno;
-		snprintf(err, errlen, "cannot read kernel '%s': %s", path, strerror(-ret));
-		return ret;
-	}
-	{
-		char why[240];
-		ret = pvh_load_elf(m, img, st.st_size, entry, why, sizeof(why));
-		if (ret < 0)
-			snprintf(err, errlen, "kernel '%s': %s", path, why);
-	}
-	munmap(img, st.st_size);
-	return ret;
-}
-
-int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp)
+int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp,
+			 uint64_t initrd_gpa, uint64_t initrd_size)
 {
 	struct hvm_start_info *si = mem_gpa_to_hva(m, PVH_START_INFO_GPA, sizeof(*si));
-	struct hvm_memmap_entry map[8];
+	struct hvm_memmap_entry *map = mem_gpa_to_hva(m, PVH_MEMMAP_GPA, E820_MAX * sizeof(*map));
+	struct hvm_modlist_entry *mod = mem_gpa_to_hva(m, PVH_MODLIST_GPA, sizeof(*mod));
 	size_t len = cmdline ? strlen(cmdline) : 0;
 	char *cl = mem_gpa_to_hva(m, PVH_CMDLINE_GPA, 4096);
-	int n = 0;
+	struct e820_range r[E820_MAX];
+	int n = e820_build(m, r);
 
-	if (!si || !cl || len > 4095 || m->low_size < 2 * PVH_LOAD_MIN)
+	if (!si || !map || !mod || !cl || len > 4095 || n < 0)
 		return -EINVAL;
-	map[n++] = (struct hvm_memmap_entry){ 0, 0x1000, E820_RAM, 0 };
-	map[n++] = (struct hvm_memmap_entry){ 0x1000, 0x2000, E820_RESERVED, 0 };
-	map[n++] = (struct hvm_memmap_entry){ 0x3000, 0x9f000 - 0x3000, E820_RAM, 0 };
-	map[n++] = (struct hvm_memmap_entry){ 0x9f000, 0x100000 - 0x9f000, E820_RESERVED, 0 };
-	map[n++] = (struct hvm_memmap_entry){ 0x100000, m->low_size - 0x100000, E820_RAM, 0 };
-	if (m->high_size)
-		map[n++] = (struct hvm_memmap_entry){ CPRVM_HIGH_MEM_BASE, m->high_size, E820_RAM, 0 };
-	memcpy(mem_gpa_to_hva(m, PVH_MEMMAP_GPA, sizeof(map)), map, n * sizeof(map[0]));
+	for (int i = 0; i < n; i++)
+		map[i] = (struct hvm_memmap_entry){ r[i].addr, r[i].size, r[i].type, 0 };
 	memcpy(cl, cmdline ? cmdline : "", len + 1);
 	*si = (struct hvm_start_info){
 		.magic = XEN_HVM_START_MAGIC,
@@ -341,5 +300,10 @@ int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp
 		.memmap_paddr = PVH_MEMMAP_GPA,
 		.memmap_entries = n,
 	};
+	if (initrd_size) {
+		*mod = (struct hvm_modlist_entry){ .paddr = initrd_gpa, .size = initrd_size };
+		si->nr_modules = 1;
+		si->modlist_paddr = PVH_MODLIST_GPA;
+	}
 	return 0;
 }

@@ -2,7 +2,8 @@
  * building the hvm_start_info it is entered with.
  *
  * Guest-physical layout below 1 MiB, fixed so every boot looks the same:
- *   0x1000  struct hvm_start_info, then the memory map (reserved in the map)
+ *   0x1000  struct hvm_start_info, then the memory map, then the module
+ *           list (the initrd), all reserved in the map
  *   0x2000  command line, NUL-terminated, at most 4095 bytes (reserved)
  *   0xe0000 ACPI tables (reserved, see acpi.h)
  * Kernel segments must load at or above 1 MiB, inside RAM. */
@@ -13,9 +14,11 @@
 #include <stdint.h>
 
 #include "mem/mem.h"
+#include "x86/e820.h"
 
 #define PVH_START_INFO_GPA 0x1000
 #define PVH_MEMMAP_GPA 0x1040
+#define PVH_MODLIST_GPA 0x1100
 #define PVH_CMDLINE_GPA 0x2000
 #define PVH_LOAD_MIN 0x100000
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
@@ -34,6 +37,13 @@ struct hvm_start_info {
 	uint32_t reserved;
 };
 
+struct hvm_modlist_entry {
+	uint64_t paddr;
+	uint64_t size;
+	uint64_t cmdline_paddr;
+	uint64_t reserved;
+};
+
 struct hvm_memmap_entry {
 	uint64_t addr;
 	uint64_t size;
@@ -41,18 +51,18 @@ struct hvm_memmap_entry {
 	uint32_t reserved;
 };
 
-#define E820_RAM 1
-#define E820_RESERVED 2
 
 /* Validates an ELF image held in memory and copies its PT_LOAD segments
  * into guest RAM. Checks everything first, copies after: a bad image leaves
- * RAM untouched. Returns 0 and the 32-bit entry, or -errno with err set. */
+ * RAM untouched. Returns 0, the 32-bit entry and (if end is not NULL) the
+ * end of the highest segment, or -ENOEXEC with err set. */
 int pvh_load_elf(struct guest_mem *m, const void *image, size_t size, uint32_t *entry,
-		 char *err, size_t errlen);
-/* Reads path and calls pvh_load_elf. */
-int pvh_load_kernel(struct guest_mem *m, const char *path, uint32_t *entry, char *err,
-		    size_t errlen);
-/* Writes start_info, memory map and command line. */
-int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp);
+		 uint64_t *end, char *err, size_t errlen);
+
+/* Writes start_info, memory map, module list and command line. initrd_size
+ * 0: no module. Returns 0, or -EINVAL (too long a command line, too little
+ * RAM) before writing anything. */
+int pvh_setup_start_info(struct guest_mem *m, const char *cmdline, uint64_t rsdp,
+			 uint64_t initrd_gpa, uint64_t initrd_size);
 
 #endif

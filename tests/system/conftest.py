@@ -267,7 +267,7 @@ class Vm:
 
     def __init__(self, tmp, cmdline="heartbeat", memory="256M", cpus=1, serial="unix",
                  mem_path=None, qmp=True, extra=(), kernel=None, binary=None, connect=True,
-                 env=None):
+                 env=None, initrd=None):
         self.tmp = str(tmp)
         self.serial_kind = serial
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
@@ -284,6 +284,8 @@ class Vm:
             args += ["--serial", serial]
         if mem_path:
             args += ["--mem-path", mem_path]
+        if initrd:
+            args += ["--initrd", initrd]
         if self.qmp_path:
             args += ["--qmp", self.qmp_path]
         args += list(extra)

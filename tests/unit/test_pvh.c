@@ -1,5 +1,5 @@
 /* test_pvh.c — the PVH loader (x86/pvh.h): pvh_load_elf against valid and
- * hostile ELF images, pvh_load_kernel's file handling, and the start_info,
+ * hostile ELF images, the loader's file handling (x86/loader.h), and the start_info,
  * memory map and command line pvh_setup_start_info writes.
  *
  * Images are built in memory from a small model (struct model) so each case
@@ -28,6 +28,7 @@
 #include "mem/mem.h"
 #include "vm/config.h"
 #include "x86/acpi.h"
+#include "x86/loader.h"
 #include "x86/pvh.h"
 
 #define RAM_SIZE (2ULL << 20)
@@ -270,7 +271,7 @@ static int __load_bytes(struct guest_mem *m, const void *img, size_t size, uint3
 	memcpy(copy, img, size);
 	err[0] = '\0';
 	*entry = 0xdeadbeef;
-	ret = pvh_load_elf(m, copy, size, entry, err, ERRLEN);
+	ret = pvh_load_elf(m, copy, size, entry, NULL, err, ERRLEN);
 	free(copy);
 	return ret;
 }
@@ -312,11 +313,18 @@ static void refused_bytes(struct guest_mem *m, const void *img, size_t size, con
 }
 
 /* The PT_LOAD segments of md landed exactly, bss zeroed, nothing else written. */
-static void loaded_as_modelled(struct guest_mem *m, const struct model *md)
+/* boot_info: the loader also wrote the boot information and ACPI tables. */
+static void loaded_as_modelled(struct guest_mem *m, const struct model *md, bool boot_info)
 {
-	uint64_t lo[MAX_PH], hi[MAX_PH];
+	uint64_t lo[MAX_PH + 2], hi[MAX_PH + 2];
 	int n = 0;
 
+	if (boot_info) {
+		lo[n] = PVH_START_INFO_GPA;
+		hi[n++] = PVH_CMDLINE_GPA + 4096;
+		lo[n] = ACPI_BASE_GPA;
+		hi[n++] = ACPI_BASE_GPA + ACPI_AREA_SIZE;
+	}
 	for (unsigned i = 0; i < md->phnum && i < MAX_PH; i++)
 		if (md->ph[i].type == PT_LOAD && md->ph[i].memsz) {
 			lo[n] = md->ph[i].paddr;
@@ -396,7 +404,7 @@ static void loads_default_image(void **state)
 		bss = mem_gpa_to_hva(&ram, SEG2_GPA + SEG2_FILESZ, SEG2_MEMSZ - SEG2_FILESZ);
 		memset(bss, 0xaa, SEG2_MEMSZ - SEG2_FILESZ);
 		assert_int_equal(load(&ram, &md), ENTRY);
-		loaded_as_modelled(&ram, &md);
+		loaded_as_modelled(&ram, &md, false);
 		ram_reset(&ram);
 	}
 }
@@ -412,7 +420,7 @@ static void loads_8_byte_entry_note(void **state)
 		md.ph[0].filesz = 24;
 		md.entry = SEG2_GPA + 4;
 		assert_int_equal(load(&ram, &md), SEG2_GPA + 4);
-		loaded_as_modelled(&ram, &md);
+		loaded_as_modelled(&ram, &md, false);
 		ram_reset(&ram);
 	}
 }
@@ -442,7 +450,7 @@ static void loads_at_end_of_ram(void **state)
 		md.ph[2].paddr = RAM_SIZE - SEG2_MEMSZ;
 		md.entry = RAM_SIZE - 1;
 		assert_int_equal(load(&ram, &md), RAM_SIZE - 1);
-		loaded_as_modelled(&ram, &md);
+		loaded_as_modelled(&ram, &md, false);
 		ram_reset(&ram);
 	}
 }
@@ -463,7 +471,7 @@ static void tolerates_odd_layouts(void **state)
 		md.ph[4] = (struct phdr){ PT_LOAD, 0, 0, 0, 0 };
 		md.size = md.phoff + 5 * phsize(&md);
 		assert_int_equal(load(&ram, &md), ENTRY);
-		loaded_as_modelled(&ram, &md);
+		loaded_as_modelled(&ram, &md, false);
 		ram_reset(&ram);
 	}
 }
@@ -721,7 +729,7 @@ static void truncation_in_trailing_bytes(void **state)
 			}
 			assert_true(len >= IMG_SIZE);
 			assert_int_equal(entry, ENTRY);
-			loaded_as_modelled(&ram, &md);
+			loaded_as_modelled(&ram, &md, false);
 			ram_reset(&ram);
 		}
 	}
@@ -778,7 +786,7 @@ static void loads_into_high_ram(void **state)
 	model_default(&md, ELFCLASS64);
 	md.ph[2].paddr = CPRVM_HIGH_MEM_BASE + 0x1000;
 	assert_int_equal(load(&big, &md), ENTRY);
-	loaded_as_modelled(&big, &md);
+	loaded_as_modelled(&big, &md, false);
 	/* High RAM is the file from low_size on. */
 	g = big.host + big.low_size + 0x1000;
 	assert_memory_equal(g, buf + SEG2_OFF, SEG2_FILESZ);
@@ -811,13 +819,14 @@ static void loads_into_high_ram(void **state)
 	mem_close(&big, false);
 }
 
-/* ---- pvh_load_kernel: the file side ------------------------------------- */
+/* ---- x86_boot_load: the file side --------------------------------------- */
 
 static void load_kernel_from_file(void **state)
 {
 	char dir[] = "/tmp/cprvm-test-pvh-XXXXXX", path[128], err[ERRLEN];
 	struct model md;
-	uint32_t entry = 0;
+	struct x86_boot_spec spec = { .kernel = path, .nr_cpus = 1 };
+	struct x86_boot_entry e;
 	int fd;
 
 	(void)state;
@@ -830,26 +839,29 @@ static void load_kernel_from_file(void **state)
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, buf, md.size), (ssize_t)md.size);
 	close(fd);
-	assert_int_equal(pvh_load_kernel(&ram, path, &entry, err, sizeof(err)), 0);
-	assert_int_equal(entry, ENTRY);
-	loaded_as_modelled(&ram, &md);
+	assert_int_equal(x86_boot_load(&ram, &spec, &e, err, sizeof(err)), 0);
+	assert_int_equal(e.rip, ENTRY);
+	assert_int_equal(e.rbx, PVH_START_INFO_GPA);
+	loaded_as_modelled(&ram, &md, true);
 	ram_reset(&ram);
 
 	/* Each refusal names the file. */
 	assert_int_equal(truncate(path, 100), 0);
 	err[0] = '\0';
-	assert_true(pvh_load_kernel(&ram, path, &entry, err, sizeof(err)) < 0);
+	assert_true(x86_boot_load(&ram, &spec, &e, err, sizeof(err)) < 0);
 	assert_non_null(strstr(err, path));
 	assert_int_equal(truncate(path, 0), 0);
 	err[0] = '\0';
-	assert_true(pvh_load_kernel(&ram, path, &entry, err, sizeof(err)) < 0);
+	assert_true(x86_boot_load(&ram, &spec, &e, err, sizeof(err)) < 0);
 	assert_non_null(strstr(err, path));
 	err[0] = '\0';
-	assert_true(pvh_load_kernel(&ram, dir, &entry, err, sizeof(err)) < 0);
+	spec.kernel = dir;
+	assert_true(x86_boot_load(&ram, &spec, &e, err, sizeof(err)) < 0);
+	spec.kernel = path;
 	assert_non_null(strstr(err, dir));
 	unlink(path);
 	err[0] = '\0';
-	assert_int_equal(pvh_load_kernel(&ram, path, &entry, err, sizeof(err)), -ENOENT);
+	assert_int_equal(x86_boot_load(&ram, &spec, &e, err, sizeof(err)), -ENOENT);
 	assert_non_null(strstr(err, path));
 	ram_untouched(&ram);
 	rmdir(dir);
@@ -935,7 +947,7 @@ static void start_info_small(void **state)
 	uint64_t lo[] = { PVH_START_INFO_GPA }, hi[] = { PVH_CMDLINE_GPA + 4096 };
 
 	(void)state;
-	assert_int_equal(pvh_setup_start_info(&ram, "console=ttyS0 quiet", 0xe0000), 0);
+	assert_int_equal(pvh_setup_start_info(&ram, "console=ttyS0 quiet", 0xe0000, 0, 0), 0);
 	written_only_within(&ram, lo, hi, 1);
 	check_start_info(&ram, 0xe0000);
 	cl = mem_gpa_to_hva(&ram, PVH_CMDLINE_GPA, 4096);
@@ -955,7 +967,7 @@ static void start_info_sizes(void **state)
 		const struct hvm_start_info *si;
 
 		mem_new(&m, sizes[i]);
-		assert_int_equal(pvh_setup_start_info(&m, NULL, 0), 0);
+		assert_int_equal(pvh_setup_start_info(&m, NULL, 0, 0, 0), 0);
 		check_start_info(&m, 0);
 		si = mem_gpa_to_hva(&m, PVH_START_INFO_GPA, sizeof(*si));
 		assert_int_equal(si->memmap_entries, m.high_size ? 6 : 5);
@@ -978,7 +990,7 @@ static void start_info_cmdline(void **state)
 	assert_non_null(long_cl);
 	/* NULL is an empty command line. */
 	memset(mem_gpa_to_hva(&ram, PVH_CMDLINE_GPA, 16), 'x', 16);
-	assert_int_equal(pvh_setup_start_info(&ram, NULL, 0), 0);
+	assert_int_equal(pvh_setup_start_info(&ram, NULL, 0, 0, 0), 0);
 	cl = mem_gpa_to_hva(&ram, PVH_CMDLINE_GPA, 4096);
 	assert_string_equal(cl, "");
 	ram_reset(&ram);
@@ -986,7 +998,7 @@ static void start_info_cmdline(void **state)
 	/* 4095 bytes fit with the NUL in the reserved page. */
 	memset(long_cl, 'a', 4095);
 	long_cl[4095] = '\0';
-	assert_int_equal(pvh_setup_start_info(&ram, long_cl, 0), 0);
+	assert_int_equal(pvh_setup_start_info(&ram, long_cl, 0, 0, 0), 0);
 	cl = mem_gpa_to_hva(&ram, PVH_CMDLINE_GPA, 4096);
 	assert_int_equal(strnlen(cl, 4096), 4095);
 	assert_memory_equal(cl, long_cl, 4096);
@@ -995,7 +1007,7 @@ static void start_info_cmdline(void **state)
 	/* 4096 do not: refused before anything is written. */
 	memset(long_cl, 'b', 4096);
 	long_cl[4096] = '\0';
-	assert_int_equal(pvh_setup_start_info(&ram, long_cl, 0), -EINVAL);
+	assert_int_equal(pvh_setup_start_info(&ram, long_cl, 0, 0, 0), -EINVAL);
 	ram_untouched(&ram);
 	free(long_cl);
 }
