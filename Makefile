@@ -1,5 +1,5 @@
 # cprvm — one non-recursive Makefile.
-#   make            build cprvm, cprctl, cprvm-stream and the test guest
+#   make            build cprvm, cprctl, cprvm-stream, the test guest and the Linux workload
 #   make check      include layering, unit tests (cmocka) + system tests (pytest, real VMs; in an
 #                   emulated L1 with KVM where this host has none: scripts/with-kvm)
 #   make demo       boot the test guest, show heartbeats, stop/cont over QMP, quit
@@ -43,7 +43,8 @@ endif
 
 SETUP_STAMP := $(BUILD)/.setup-done
 
-all: $(BUILD)/cprvm $(BUILD)/cprctl $(BUILD)/cprvm-stream $(BUILD)/guest/guest.elf
+all: $(BUILD)/cprvm $(BUILD)/cprctl $(BUILD)/cprvm-stream $(BUILD)/guest/guest.elf \
+	$(BUILD)/linux/cprvm-workload
 
 # --- dependencies from Debian, installed when missing -------------------------
 $(SETUP_STAMP): scripts/setup.sh
@@ -96,6 +97,14 @@ $(BUILD)/cprvm-next: $(NEXT_OBJS)
 
 # --- the test guest (its own flags; never sanitized) --------------------------
 include guest/guest.mk
+
+# --- the Linux guest (tests/linux/README.md) ----------------------------------
+# The workload runs inside Debian's kernel from an initramfs: static,
+# its own flags, never sanitized (it is a test-time program, not cprvm).
+$(BUILD)/linux/cprvm-workload: tests/linux/workload.c | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $< (static)")
+	$(Q)gcc -static -O2 -Wall -Wextra -Werror -std=gnu11 -o $@ $<
 
 # --- unit tests (cmocka, no KVM) ---------------------------------------------
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)

@@ -16,6 +16,8 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 command -v clang >/dev/null 2>&1 || need="$need clang"
 have_pkg libclang-rt-14-dev || need="$need libclang-rt-14-dev"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
+# Static glibc (libc.a): cprvm and the Linux guest's workload link statically.
+have_pkg libc6-dev || need="$need libc6-dev"
 have_pkg busybox-static || need="$need busybox-static"
 command -v iasl >/dev/null 2>&1 || need="$need acpica-tools"
 
