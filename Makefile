@@ -1,5 +1,6 @@
 # cprvm — one non-recursive Makefile.
 #   make            build cprvm, cprctl, cprvm-stream, the test guest and the Linux workload
+#   make linux-guest  also fetch Debian's kernel for the Linux guest (build/linux)
 #   make check      include layering, unit tests (cmocka) + system tests (pytest, real VMs; in an
 #                   emulated L1 with KVM where this host has none: scripts/with-kvm)
 #   make demo       boot the test guest, show heartbeats, stop/cont over QMP, quit
@@ -99,12 +100,16 @@ $(BUILD)/cprvm-next: $(NEXT_OBJS)
 include guest/guest.mk
 
 # --- the Linux guest (tests/linux/README.md) ----------------------------------
-# The workload runs inside Debian's kernel from an initramfs: static,
+# The workload runs inside Debian's kernel from a busybox initramfs: static,
 # its own flags, never sanitized (it is a test-time program, not cprvm).
 $(BUILD)/linux/cprvm-workload: tests/linux/workload.c | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $< (static)")
 	$(Q)gcc -static -O2 -Wall -Wextra -Werror -std=gnu11 -o $@ $<
+
+# Debian's kernel, fetched once into build/linux (or $$CPRVM_LINUX_CACHE).
+linux-guest: $(BUILD)/linux/cprvm-workload
+	$(Q)scripts/linux-guest prepare
 
 # --- unit tests (cmocka, no KVM) ---------------------------------------------
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
@@ -170,6 +175,6 @@ fuzz: $(SETUP_STAMP)
 clean:
 	rm -rf build build-san
 
-.PHONY: all unit layers system host check demo bench fuzz fuzz-smoke clean
+.PHONY: all unit layers system host check demo bench fuzz fuzz-smoke clean linux-guest
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
