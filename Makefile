@@ -102,10 +102,10 @@ include guest/guest.mk
 # --- the Linux guest (tests/linux/README.md) ----------------------------------
 # The workload runs inside Debian's kernel from a busybox initramfs: static,
 # its own flags, never sanitized (it is a test-time program, not cprvm).
-$(BUILD)/linux/cprvm-workload: tests/linux/workload.c | $(SETUP_STAMP)
+$(BUILD)/linux/cprvm-workload: tests/linux/workload.c guest/verify_page.h | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $< (static)")
-	$(Q)gcc -static -O2 -Wall -Wextra -Werror -std=gnu11 -o $@ $<
+	$(Q)gcc -static -O2 -Wall -Wextra -Werror -std=gnu11 -Iguest -o $@ $<
 
 # Debian's kernel, fetched once into build/linux (or $$CPRVM_LINUX_CACHE).
 linux-guest: $(BUILD)/linux/cprvm-workload

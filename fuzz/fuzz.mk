@@ -3,8 +3,9 @@
 #   make -f fuzz/fuzz.mk FUZZ_SECONDS=N run   run each fuzzer for N seconds
 #   make -f fuzz/fuzz.mk smoke                10 seconds each (make check)
 #   make -f fuzz/fuzz.mk build                just the fuzzers and their seed corpora
-#   make -f fuzz/fuzz.mk run-pvh / run-stream / run-early  one of them
-# Targets: fuzz_pvh (pvh_load_elf), fuzz_stream (stream_parse + state_load),
+#   make -f fuzz/fuzz.mk run-pvh / run-linux / run-stream / run-early  one of them
+# Targets: fuzz_pvh (pvh_load_elf), fuzz_linux (linux_load_bzimage and the
+# zero page), fuzz_stream (stream_parse + state_load),
 # fuzz_early (vcpu_early_decode: a live update's early vCPU state),
 # fuzz_cpr (cpr_proto_recv_msg + cpr_load_registry: a live update's first
 # message, as the new side reads it from the socket).
@@ -45,7 +46,8 @@ run:
 
 # The test guest joins the PVH seeds when it has been built.
 PVH_MORE_SEEDS := @if [ -f build/guest/guest.elf ]; then cp build/guest/guest.elf $(FUZZ_OUT)/corpus-pvh/guest.elf; fi
-$(eval $(call fuzzer,pvh,fuzz/fuzz_pvh.c src/x86/pvh.c src/mem/mem.c,src/x86/pvh.h src/mem/mem.h,,$(PVH_MORE_SEEDS)))
+$(eval $(call fuzzer,pvh,fuzz/fuzz_pvh.c src/x86/pvh.c src/x86/e820.c src/mem/mem.c,src/x86/pvh.h src/x86/e820.h src/mem/mem.h,,$(PVH_MORE_SEEDS)))
+$(eval $(call fuzzer,linux,fuzz/fuzz_linux.c src/x86/linux.c src/x86/e820.c src/mem/mem.c,src/x86/linux.h src/x86/e820.h src/mem/mem.h,,))
 $(eval $(call fuzzer,stream,fuzz/fuzz_stream.c $(wildcard src/state/*.c) src/lib/crc32c.c src/lib/log.c,$(wildcard src/state/*.h) src/lib/crc32c.h,-ljansson,))
 $(eval $(call fuzzer,early,fuzz/fuzz_early.c src/vcpu/vcpu_early.c,src/vcpu/vcpu_state.h,,))
 $(eval $(call fuzzer,cpr,fuzz/fuzz_cpr.c src/cpr/proto.c src/cpr/registry.c $(wildcard src/state/*.c) src/lib/crc32c.c src/lib/log.c src/lib/trace.c,src/cpr/proto.h src/cpr/cpr_priv.h,-ljansson,))
@@ -57,4 +59,4 @@ smoke:
 clean:
 	rm -rf $(FUZZ_OUT)
 
-.PHONY: build run run-pvh run-stream run-early run-cpr smoke clean
+.PHONY: build run run-pvh run-linux run-stream run-early run-cpr smoke clean

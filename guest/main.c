@@ -12,6 +12,7 @@
  *    the areas are allocated and split.
  */
 #include "guest.h"
+#include "verify_page.h"
 
 struct pcpu pcpus[GUEST_MAX_CPUS];
 bool stall_probe;
@@ -206,37 +207,18 @@ static struct slice slice_of(const struct area *a, u32 cpu)
 	return s;
 }
 
-/* verify: each 8-byte word is v + i*K, v a per-page value from address and seed. */
-#define VERIFY_K 0x9e3779b97f4a7c15ULL
+/* verify: the pattern is verify_page.h's, keyed by the page's address. */
 #define VERIFY_MIN_PASS_MS 100
 #define VERIFY_MAX_BAD_LINES 16
 
-static u64 verify_value(u64 pa)
-{
-	u64 x = pa ^ verify_seed;
-
-	x ^= x >> 31;
-	x *= 0xd6e8feb86659fd93ULL;
-	x ^= x >> 32;
-	return x | 1;
-}
-
 static void verify_fill(u64 pa)
 {
-	u64 *w = (u64 *)pa, v = verify_value(pa);
-
-	for (u32 i = 0; i < PAGE_SIZE / 8; i++, v += VERIFY_K)
-		w[i] = v;
+	verify_page_fill((u64 *)pa, pa, verify_seed);
 }
 
 static bool verify_check(u64 pa)
 {
-	const volatile u64 *w = (const volatile u64 *)pa;
-	u64 v = verify_value(pa), bad = 0;
-
-	for (u32 i = 0; i < PAGE_SIZE / 8; i++, v += VERIFY_K)
-		bad |= w[i] ^ v;
-	return bad == 0;
+	return verify_page_check((const volatile u64 *)pa, pa, verify_seed);
 }
 
 struct verify_state {

@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verify_page.h"
+
 /*
  * Kernel messages that signal a timing problem (a pause the kernel noticed);
  * each new /dev/kmsg record containing one of these prints `BAD kmsg <text>`.
@@ -263,38 +265,19 @@ static u64 verify_seed;
 static unsigned verify_filled;  /* workers whose first fill is done */
 static unsigned verify_fillers; /* workers with verify pages */
 
-/* Each 8-byte word i of the page at byte offset off is v(off) + i*K. */
-#define VERIFY_K 0x9e3779b97f4a7c15ULL
+/* The pattern is verify_page.h's (the test guest's), keyed by the page's
+ * byte offset in the area. */
 #define VERIFY_MIN_PASS_NS (100 * MSEC)
 #define VERIFY_MAX_BAD_LINES 16
 
-static u64 verify_value(u64 off)
-{
-	u64 x = off ^ verify_seed;
-
-	x ^= x >> 31;
-	x *= 0xd6e8feb86659fd93ULL;
-	x ^= x >> 32;
-	return x | 1;
-}
-
 static void verify_fill(u64 off)
 {
-	u64 *w = (u64 *)(verify_area.base + off), v = verify_value(off);
-
-	for (unsigned i = 0; i < PAGE / 8; i++, v += VERIFY_K)
-		w[i] = v;
+	verify_page_fill((u64 *)(verify_area.base + off), off, verify_seed);
 }
 
 static bool verify_check(u64 off)
 {
-	/* volatile: read memory every pass, never what the compiler remembers. */
-	const volatile u64 *w = (const volatile u64 *)(verify_area.base + off);
-	u64 v = verify_value(off), bad = 0;
-
-	for (unsigned i = 0; i < PAGE / 8; i++, v += VERIFY_K)
-		bad |= w[i] ^ v;
-	return bad == 0;
+	return verify_page_check((const volatile u64 *)(verify_area.base + off), off, verify_seed);
 }
 
 struct worker {

@@ -75,7 +75,7 @@ VERIFY_K = 0x9e3779b97f4a7c15
 
 
 def verify_value(pa, seed):
-    # Mirror of guest/main.c verify_value().
+    # Mirror of guest/verify_page.h verify_value().
     x = (pa ^ seed) & M64
     x ^= x >> 31
     x = (x * 0xd6e8feb86659fd93) & M64
