@@ -91,30 +91,28 @@ bool linux_is_bzimage(const void *image, size_t size)
 	       !memcmp(img + HDR_MAGIC, "HdrS", 4);
 }
 
-/* The compressed kernel inside: one of the formats the kernel's own
- * decompressor knows, found where the header says. A payload without one
- * of these magics is a damaged image, and the guest would halt in its
- * decompressor with nothing on the console. */
-static bool payload_known(const uint8_t *p, size_t len)
+enum linux_format linux_format_of(const uint8_t *p, size_t len)
 {
 	static const struct {
 		uint8_t magic[6];
 		size_t len;
-	} fmt[] = {
-		{ { 0x1f, 0x8b }, 2 },			       /* gzip */
-		{ { 'B', 'Z', 'h' }, 3 },		       /* bzip2 */
-		{ { 0x5d, 0x00, 0x00 }, 3 },		       /* lzma */
-		{ { 0xfd, '7', 'z', 'X', 'Z', 0x00 }, 6 },     /* xz */
-		{ { 0x89, 'L', 'Z', 'O' }, 4 },		       /* lzo */
-		{ { 0x02, 0x21, 0x4c, 0x18 }, 4 },	       /* lz4 legacy */
-		{ { 0x28, 0xb5, 0x2f, 0xfd }, 4 },	       /* zstd */
-		{ { 0x7f, 'E', 'L', 'F' }, 4 },		       /* uncompressed */
+		enum linux_format fmt;
+	} magics[] = {
+		{ { 0x1f, 0x8b }, 2, LINUX_FMT_GZIP },
+		{ { 'B', 'Z', 'h' }, 3, LINUX_FMT_BZIP2 },
+		{ { 0x5d, 0x00, 0x00 }, 3, LINUX_FMT_LZMA },
+		{ { 0xfd, '7', 'z', 'X', 'Z', 0x00 }, 6, LINUX_FMT_XZ },
+		{ { 0x89, 'L', 'Z', 'O' }, 4, LINUX_FMT_LZO },
+		{ { 0x02, 0x21, 0x4c, 0x18 }, 4, LINUX_FMT_LZ4 },
+		{ { 0x28, 0xb5, 0x2f, 0xfd }, 4, LINUX_FMT_ZSTD },
+		{ { '0', '7', '0', '7', '0' }, 5, LINUX_FMT_CPIO }, /* newc, crc, odc */
+		{ { 0x7f, 'E', 'L', 'F' }, 4, LINUX_FMT_ELF },
 	};
 
-	for (size_t i = 0; i < sizeof(fmt) / sizeof(fmt[0]); i++)
-		if (len >= fmt[i].len && !memcmp(p, fmt[i].magic, fmt[i].len))
-			return true;
-	return false;
+	for (size_t i = 0; i < sizeof(magics) / sizeof(magics[0]); i++)
+		if (len >= magics[i].len && !memcmp(p, magics[i].magic, magics[i].len))
+			return magics[i].fmt;
+	return LINUX_FMT_UNKNOWN;
 }
 
 /* The header itself: a bzImage of a boot protocol we read, whose setup
@@ -159,6 +157,7 @@ static int check_body(const uint8_t *img, size_t size, uint64_t *pm_off, uint64_
 	uint64_t off = (uint64_t)(sects + 1) * 512;
 	uint64_t len = (uint64_t)get32(img, HDR_SYSSIZE) * 16;
 	uint64_t poff = get32(img, HDR_PAYLOAD_OFFSET), plen = get32(img, HDR_PAYLOAD_LENGTH);
+	enum linux_format fmt;
 
 	if (!len)
 		return linux_err(err, errlen, "corrupt bzImage: no protected-mode code (syssize 0)");
@@ -168,7 +167,11 @@ static int check_body(const uint8_t *img, size_t size, uint64_t *pm_off, uint64_
 				 off + len);
 	if (!plen || poff > len || plen > len - poff)
 		return linux_err(err, errlen, "corrupt bzImage: payload outside the kernel image");
-	if (!payload_known(img + off + poff, plen))
+	/* Compressed, or a plain ELF: anything else is a damaged image, and
+	 * the guest would halt in its decompressor with nothing on the
+	 * console. */
+	fmt = linux_format_of(img + off + poff, plen);
+	if (fmt == LINUX_FMT_UNKNOWN || fmt == LINUX_FMT_CPIO)
 		return linux_err(err, errlen,
 				 "corrupt bzImage: the compressed kernel is in no format Linux knows");
 	*pm_off = off;

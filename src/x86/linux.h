@@ -34,6 +34,24 @@ struct linux_kernel {
 	uint64_t end;	       /* end of the memory it uses while it starts */
 };
 
+/* What data starts with, by its magic: one of the compressions the
+ * kernel unpacks (its own payload, an initramfs), a cpio archive, or an
+ * ELF (an uncompressed payload). */
+enum linux_format {
+	LINUX_FMT_UNKNOWN,
+	LINUX_FMT_GZIP,
+	LINUX_FMT_BZIP2,
+	LINUX_FMT_LZMA,
+	LINUX_FMT_XZ,
+	LINUX_FMT_LZO,
+	LINUX_FMT_LZ4,
+	LINUX_FMT_ZSTD,
+	LINUX_FMT_CPIO,
+	LINUX_FMT_ELF,
+};
+
+enum linux_format linux_format_of(const uint8_t *p, size_t len);
+
 /* True if image starts like a bzImage (boot sector flag and "HdrS"). */
 bool linux_is_bzimage(const void *image, size_t size);
 

@@ -106,35 +106,19 @@ static int load_kernel(struct guest_mem *m, const char *path, struct linux_kerne
 static const char *initrd_problem(const uint8_t *head, size_t hlen, const uint8_t *tail,
 				  size_t tlen)
 {
-	static const struct {
-		uint8_t magic[6];
-		size_t len;
-		bool end_marked;
-	} fmt[] = {
-		{ { '0', '7', '0', '7', '0' }, 5, true },	    /* cpio newc/crc/odc */
-		{ { 0xfd, '7', 'z', 'X', 'Z', 0x00 }, 6, true },    /* xz */
-		{ { 0x1f, 0x8b }, 2, false },			    /* gzip */
-		{ { 'B', 'Z', 'h' }, 3, false },		    /* bzip2 */
-		{ { 0x5d, 0x00, 0x00 }, 3, false },		    /* lzma */
-		{ { 0x89, 'L', 'Z', 'O' }, 4, false },		    /* lzo */
-		{ { 0x02, 0x21, 0x4c, 0x18 }, 4, false },	    /* lz4 legacy */
-		{ { 0x28, 0xb5, 0x2f, 0xfd }, 4, false },	    /* zstd */
-	};
+	enum linux_format fmt = linux_format_of(head, hlen);
 	size_t end = tlen;
 
-	for (size_t i = 0; i < sizeof(fmt) / sizeof(fmt[0]); i++) {
-		if (hlen < fmt[i].len || memcmp(head, fmt[i].magic, fmt[i].len))
-			continue;
-		if (!fmt[i].end_marked)
-			return NULL;
-		while (end && !tail[end - 1])
-			end--;
-		if ((end >= 10 && !memcmp(tail + end - 10, "TRAILER!!!", 10)) ||
-		    (end >= 2 && !memcmp(tail + end - 2, "YZ", 2)))
-			return NULL;
-		return "is truncated (its archive has no end)";
-	}
-	return "is not an initramfs (neither a cpio archive nor compressed as Linux unpacks)";
+	if (fmt == LINUX_FMT_UNKNOWN || fmt == LINUX_FMT_ELF)
+		return "is not an initramfs (neither a cpio archive nor compressed as Linux unpacks)";
+	if (fmt != LINUX_FMT_CPIO && fmt != LINUX_FMT_XZ)
+		return NULL;
+	while (end && !tail[end - 1])
+		end--;
+	if ((end >= 10 && !memcmp(tail + end - 10, "TRAILER!!!", 10)) ||
+	    (end >= 2 && !memcmp(tail + end - 2, "YZ", 2)))
+		return NULL;
+	return "is truncated (its archive has no end)";
 }
 
 /* pread until len bytes or an error: short reads are not an error. */
