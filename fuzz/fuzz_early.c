@@ -62,7 +62,7 @@ static void seed_write(const char *dir)
 {
 	static const uint32_t xsave_lens[] = { 0, 576, 2696, 4096 };
 	static const uint32_t msrs[] = { 0, 1, 40 };
-	char path[4096];
+	char name[64];
 
 	for (size_t a = 0; a < sizeof(xsave_lens) / sizeof(xsave_lens[0]); a++)
 		for (size_t b = 0; b < sizeof(msrs) / sizeof(msrs[0]); b++) {
@@ -83,24 +83,16 @@ static void seed_write(const char *dir)
 			st.mp_state.mp_state = (uint32_t)b;
 			for (int part = VCPU_EARLY_XSAVE; part <= VCPU_EARLY_MSRS_AHEAD; part++) {
 				size_t n = vcpu_early_encode(&st, (uint32_t)a, part, out, sizeof(out));
-				FILE *f;
 
-				snprintf(path, sizeof(path), "%s/seed-%zu-%zu-%d", dir, a, b, part);
-				f = fopen(path, "wb");
-				if (!n || !f || fwrite(out, 1, n, f) != n)
-					fuzz_die("cannot write a seed");
-				fclose(f);
+				snprintf(name, sizeof(name), "seed-%zu-%zu-%d", a, b, part);
+				fuzz_seed_file(dir, name, out, n);
 			}
 			{
 				size_t n = vcpu_early_encode_all(&st, (uint32_t)a, out_all,
 								 sizeof(out_all));
-				FILE *f;
 
-				snprintf(path, sizeof(path), "%s/seed-%zu-%zu-all", dir, a, b);
-				f = fopen(path, "wb");
-				if (!n || !f || fwrite(out_all, 1, n, f) != n)
-					fuzz_die("cannot write a seed");
-				fclose(f);
+				snprintf(name, sizeof(name), "seed-%zu-%zu-all", a, b);
+				fuzz_seed_file(dir, name, out_all, n);
 			}
 		}
 }

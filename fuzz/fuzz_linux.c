@@ -66,16 +66,12 @@ static void seed_write(const char *dir)
 	uint8_t b[SEED_PM_OFF + SEED_PM_LEN] = { 0 };
 	size_t n = seed_build(b);
 	struct linux_kernel k;
-	char path[4096], err[256];
-	FILE *f;
+	char err[256];
 
 	/* A seed that does not load would only teach the fuzzer refusals. */
 	if (linux_load_bzimage(&ram, b, n, &k, err, sizeof(err)))
 		fuzz_die("seed does not load", err);
-	snprintf(path, sizeof(path), "%s/bzimage", dir);
-	f = fopen(path, "wb");
-	if (!f || fwrite(b, 1, n, f) != n || fclose(f))
-		fuzz_die("cannot write seed", path);
+	fuzz_seed_file(dir, "bzimage", b, n);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -96,18 +96,13 @@ static void seed_write(const char *dir)
 	for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
 		uint8_t b[0x200] = { 0 };
 		size_t n = seed_build(b, seeds[i].is64, seeds[i].desc8);
-		char path[4096];
 		uint32_t entry;
 		char err[256];
-		FILE *f;
 
 		/* A seed that does not load would only teach the fuzzer refusals. */
 		if (pvh_load_elf(&ram, b, n, &entry, NULL, err, sizeof(err)))
 			fuzz_die("seed does not load", err);
-		snprintf(path, sizeof(path), "%s/%s", dir, seeds[i].name);
-		f = fopen(path, "wb");
-		if (!f || fwrite(b, 1, n, f) != n || fclose(f))
-			fuzz_die("cannot write seed", path);
+		fuzz_seed_file(dir, seeds[i].name, b, n);
 	}
 }
 

@@ -4,8 +4,25 @@
 #ifndef CPRVM_FUZZ_SEEDS_H
 #define CPRVM_FUZZ_SEEDS_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Writes len bytes of data to DIR/NAME; aborts, naming the file, if it
+ * cannot (a corpus without its seeds would fuzz blind). */
+static inline void fuzz_seed_file(const char *dir, const char *name, const void *data,
+				  size_t len)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "wb");
+	if (!len || !f || fwrite(data, 1, len, f) != len || fclose(f)) {
+		fprintf(stderr, "cannot write seed %s\n", path);
+		abort();
+	}
+}
 
 static inline void fuzz_seed_option(int argc, char **argv, void (*write)(const char *dir))
 {
